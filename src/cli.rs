@@ -1,0 +1,162 @@
+//! The `tollgate` command line: `serve`, `migrate`, and `admin` commands.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{Config, LogFormat, Overrides},
+    domain::{
+        credential::{Credential, Scope, issue_token},
+        ids::CredentialId,
+        now,
+        text::bounded,
+    },
+    startup::{Application, open_store, shutdown_signal},
+    store::CredentialStore,
+    telemetry,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hosted gRPC entitlement service"
+)]
+struct Cli {
+    /// Configuration file (TOML) layered over the built-in defaults.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// postgres://… for PostgreSQL; omit for the embedded SQLite file.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Directory of the embedded SQLite file.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:50051 (port 0: any free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Log format: pretty or json.
+        #[arg(long, value_parser = parse_log_format)]
+        log_format: Option<LogFormat>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage service credentials.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin credential and print its token once, alone on stdout.
+    Bootstrap {
+        /// A name to tell the credential apart.
+        #[arg(long, default_value = "bootstrap")]
+        name: String,
+    },
+    /// Create a credential of the given scope and print its token once.
+    CreateCredential {
+        /// admin (every RPC) or verify (the Verify service only).
+        #[arg(long, value_parser = parse_scope)]
+        scope: Scope,
+        /// A name to tell the credential apart.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("must be pretty or json".into()),
+    }
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::from_name(s).ok_or_else(|| "must be admin or verify".into())
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides = Overrides {
+        database_url: cli.database_url,
+        data_dir: cli.data_dir,
+        ..Overrides::default()
+    };
+    if let Command::Serve { listen, log_format } = &cli.command {
+        overrides.listen = listen.clone();
+        overrides.log_format = *log_format;
+    }
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve { .. } => {
+            let _guard =
+                telemetry::init(config.log_format, &config.log_filter, &config.otlp_endpoint)?;
+            let app = Application::build(config).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.close().await;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Bootstrap { name }) => {
+            create_credential(&config, Scope::Admin, &name).await
+        }
+        Command::Admin(AdminCommand::CreateCredential { scope, name }) => {
+            create_credential(&config, scope, &name).await
+        }
+    }
+}
+
+async fn create_credential(config: &Config, scope: Scope, name: &str) -> anyhow::Result<()> {
+    let name = bounded("--name", name, 200, false).map_err(|v| anyhow::anyhow!("{v}"))?;
+    let store = open_store(config).await?;
+    let token = issue_token();
+    let credential = Credential {
+        id: CredentialId::generate(),
+        name,
+        scope,
+        created_at: now(),
+    };
+    store
+        .create_credential(&credential, token.hash())
+        .await
+        .context("storing the credential")?;
+    store.close().await;
+    eprintln!(
+        "created {} credential {}; the token below is shown only once:",
+        scope.as_str(),
+        credential.id
+    );
+    println!("{}", token.expose());
+    Ok(())
+}

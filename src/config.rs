@@ -1,0 +1,133 @@
+//! Configuration: built-in defaults, then an optional file, then `TOLLGATE_*`
+//! environment variables, then flags, then one validation pass.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{domain::key::KeyEnvironment, store::sql::Backend};
+
+const DEFAULTS: &str = include_str!("config.default.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub database_max_connections: u32,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub otlp_endpoint: String,
+    pub credential_cache_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+    pub admin_token: String,
+}
+
+/// Settings given as flags; unset ones leave the layers below alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = file {
+            if !file.is_file() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("TOLLGATE_").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("reading configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects combinations that cannot work, naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.database_url.is_empty() && Backend::of_url(&self.database_url).is_none() {
+            bail!(
+                "database_url must start with postgres://, postgresql:// or sqlite:, or be empty for the embedded SQLite file"
+            );
+        }
+        if self.database_url.is_empty() && self.data_dir.as_os_str().is_empty() {
+            bail!("data_dir must be set when database_url is empty");
+        }
+        if self.database_max_connections == 0 {
+            bail!("database_max_connections must be at least 1");
+        }
+        if !self.admin_token.is_empty() {
+            if self.admin_token.chars().count() < 32 {
+                bail!("admin_token must be at least 32 characters");
+            }
+            if [KeyEnvironment::Live, KeyEnvironment::Test]
+                .iter()
+                .any(|e| self.admin_token.starts_with(e.secret_prefix()))
+            {
+                bail!("admin_token must not look like an API key (tg_live_/tg_test_)");
+            }
+        }
+        let otlp = &self.otlp_endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            bail!("otlp_endpoint must be an http:// or https:// URL");
+        }
+        Ok(())
+    }
+
+    /// The database to use: the configured URL, or the embedded SQLite file.
+    pub fn effective_database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("tollgate.db").display()
+            )
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    // Secrets (the admin token, a password in the URL) never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database", &Backend::of_url(&self.effective_database_url()))
+            .field("data_dir", &self.data_dir)
+            .field("database_max_connections", &self.database_max_connections)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field(
+                "admin_token",
+                &(!self.admin_token.is_empty()).then_some("<set>"),
+            )
+            .finish_non_exhaustive()
+    }
+}

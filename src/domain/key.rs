@@ -1,0 +1,92 @@
+//! A tenant's API keys.
+use super::{
+    Timestamp,
+    ids::{KeyId, TenantId},
+    plan::{Quota, RateLimit},
+    secret::IssuedSecret,
+    text::Metadata,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEnvironment {
+    Live,
+    Test,
+}
+
+impl KeyEnvironment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Self::Live),
+            "test" => Some(Self::Test),
+            _ => None,
+        }
+    }
+
+    /// The fixed start of every secret of this environment.
+    pub fn secret_prefix(self) -> &'static str {
+        match self {
+            Self::Live => "tg_live_",
+            Self::Test => "tg_test_",
+        }
+    }
+
+    pub fn issue_secret(self) -> IssuedSecret {
+        IssuedSecret::generate(self.secret_prefix())
+    }
+}
+
+/// The visible start of a secret: its environment prefix and 4 more
+/// characters, enough to tell keys apart and far too little to guess from.
+pub fn display_prefix(secret: &str) -> String {
+    secret.chars().take("tg_live_".len() + 4).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// The parts of a key its owner edits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeySettings {
+    pub name: String,
+    pub disabled: bool,
+    pub expires_at: Option<Timestamp>,
+    pub rate_limit_override: Option<RateLimit>,
+    pub quota_overrides: Vec<Quota>,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: KeyId,
+    pub tenant_id: TenantId,
+    pub environment: KeyEnvironment,
+    pub prefix: String,
+    pub settings: KeySettings,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ApiKey {
+    pub fn status(&self, at: Timestamp) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.settings.expires_at.is_some_and(|e| e <= at) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}

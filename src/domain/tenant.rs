@@ -1,0 +1,101 @@
+//! Tenants: the paying customers.
+use super::{
+    FieldViolation, Timestamp,
+    ids::{PlanId, TenantId},
+    text::{Metadata, bounded},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TenantStatus {
+    Trialing,
+    Active,
+    PastDue,
+    Canceled,
+    Revoked,
+}
+
+impl TenantStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Trialing,
+        Self::Active,
+        Self::PastDue,
+        Self::Canceled,
+        Self::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trialing => "trialing",
+            Self::Active => "active",
+            Self::PastDue => "past_due",
+            Self::Canceled => "canceled",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// The customer's id elsewhere (payment provider or the caller's system).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExternalId(String);
+
+impl ExternalId {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
+        bounded(field, s, 200, true).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A plausible email address: one `@` with text on both sides, ≤ 254 chars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
+        let s = bounded(field, s, 254, true)?;
+        let ok = matches!(s.split_once('@'), Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
+            && !s.contains(char::is_whitespace);
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(FieldViolation::new(field, "must be an email address"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A name or company name: at most 200 characters, may be empty.
+pub fn parse_name(field: &str, s: &str) -> Result<String, FieldViolation> {
+    bounded(field, s, 200, false)
+}
+
+/// The parts of a tenant its owner edits directly.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantProfile {
+    pub external_id: Option<ExternalId>,
+    pub email: Option<Email>,
+    pub name: String,
+    pub company: String,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub profile: TenantProfile,
+    pub plan_id: PlanId,
+    pub status: TenantStatus,
+    pub trial_end: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}

@@ -1,0 +1,202 @@
+//! Service credentials on every call: a tower layer that reads
+//! `authorization: Bearer <token>`, finds the credential by the token's
+//! SHA-256, and checks its scope against the service called.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures_util::future::BoxFuture;
+use tonic::Status;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::{
+    domain::{
+        Error,
+        credential::{Credential, Scope},
+        key::KeyEnvironment,
+        secret::SecretHash,
+    },
+    store::CredentialStore,
+};
+
+/// Calls that need no credential: health checks and reflection.
+const PUBLIC: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// The scope a path needs; `None` for public paths. Anything unknown needs
+/// `admin`, so a new service is closed until opened on purpose.
+pub fn required_scope(path: &str) -> Option<Scope> {
+    if PUBLIC.iter().any(|p| path.starts_with(p)) {
+        None
+    } else if path.starts_with("/tollgate.v1.Verify/") {
+        Some(Scope::Verify)
+    } else {
+        Some(Scope::Admin)
+    }
+}
+
+const MAX_CACHED: usize = 10_000;
+
+/// A found credential, the digest it was found by, and when.
+type Cached = (Credential, SecretHash, Instant);
+
+/// Finds credentials, remembering found ones for a short while so that the
+/// hot path does not read the database on every call.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn CredentialStore>,
+    ttl: Duration,
+    cache: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn CredentialStore>, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The credential behind the request's bearer token, if it may call a
+    /// method that needs `needed`.
+    pub async fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        needed: Scope,
+    ) -> Result<Credential, Error> {
+        let token = bearer(headers)?;
+        // A tenant's API key is never a credential, even if someone
+        // registered one as such: refuse it without a lookup.
+        if [KeyEnvironment::Live, KeyEnvironment::Test]
+            .iter()
+            .any(|env| token.starts_with(env.secret_prefix()))
+        {
+            return Err(unknown());
+        }
+        let credential = self.find(SecretHash::of(token)).await?;
+        match (needed, credential.scope) {
+            (_, Scope::Admin) | (Scope::Verify, Scope::Verify) => Ok(credential),
+            (Scope::Admin, Scope::Verify) => Err(Error::PermissionDenied(
+                "this credential has scope verify; this method needs scope admin".into(),
+            )),
+        }
+    }
+
+    async fn find(&self, hash: SecretHash) -> Result<Credential, Error> {
+        let key = *hash.as_bytes();
+        if let Some((credential, stored, at)) = self.cache.lock().expect("cache lock").get(&key) {
+            // The map lookup found it by digest; confirm in constant time.
+            if at.elapsed() < self.ttl && *stored == hash {
+                return Ok(credential.clone());
+            }
+        }
+        let credential = self
+            .store
+            .find_credential(hash)
+            .await?
+            .ok_or_else(unknown)?;
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, (credential.clone(), hash, Instant::now()));
+        Ok(credential)
+    }
+}
+
+fn unknown() -> Error {
+    Error::Unauthenticated("unknown credential".into())
+}
+
+fn bearer(headers: &http::HeaderMap) -> Result<&str, Error> {
+    let missing =
+        || Error::Unauthenticated("missing metadata: authorization: Bearer <token>".into());
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or_else(missing)?
+        .to_str()
+        .map_err(|_| missing())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(missing());
+    }
+    Ok(token.trim())
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Authenticator,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Authenticator) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The clone is not ready; keep the ready one for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let Some(needed) = required_scope(&path) else {
+                return inner.call(req).await;
+            };
+            match auth.authorize(req.headers(), needed).await {
+                Ok(credential) => {
+                    let span =
+                        tracing::info_span!("rpc", path = %path, credential = %credential.id);
+                    inner.call(req).instrument(span).await
+                }
+                Err(error) => {
+                    tracing::debug!(path = %path, error = %error, "call refused");
+                    Ok(Status::from(error).into_http())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,708 @@
+//! Proto messages become domain values here, once, with errors that name the
+//! request field; domain values become proto messages on the way out.
+use std::collections::HashMap;
+
+use prost_types::{FieldMask, Timestamp as PbTimestamp};
+
+use super::pb;
+use crate::{
+    catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, TenantPatch},
+    domain::{
+        Error, FieldViolation, Result, Timestamp, from_micros,
+        key::{ApiKey, KeyEnvironment, KeySettings, KeyStatus},
+        plan::{
+            BillingInterval, Feature, MAX_TRIAL_DAYS, Overage, Plan, PlanSpec, Price,
+            ProductMapping, Quota, QuotaReset, RateLimit, Slug,
+        },
+        tenant::{Email, ExternalId, Tenant, TenantProfile, TenantStatus, parse_name},
+        text::{Metadata, bounded},
+        to_micros,
+    },
+};
+
+/// Collects every violation of a request, so one answer lists them all.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Keeps the value, or records why not under `parent` (may be empty).
+    pub fn check<T>(
+        &mut self,
+        parent: &str,
+        r: std::result::Result<T, FieldViolation>,
+    ) -> Option<T> {
+        r.map_err(|v| {
+            self.0.push(if parent.is_empty() {
+                v
+            } else {
+                v.under(parent)
+            })
+        })
+        .ok()
+    }
+
+    pub fn check_all<T>(
+        &mut self,
+        parent: &str,
+        r: std::result::Result<T, Vec<FieldViolation>>,
+    ) -> Option<T> {
+        r.map_err(|vs| {
+            self.0.extend(vs.into_iter().map(|v| {
+                if parent.is_empty() {
+                    v
+                } else {
+                    v.under(parent)
+                }
+            }))
+        })
+        .ok()
+    }
+
+    pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// `Ok(value)` when nothing was recorded.
+    pub fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T> {
+        if self.0.is_empty() {
+            value()
+                .ok_or_else(|| Error::Internal(anyhow::anyhow!("value missing without violation")))
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
+    }
+}
+
+/// Parses a required id field.
+pub fn id<T>(
+    field: &str,
+    s: &str,
+    parse: fn(&str, &str) -> std::result::Result<T, FieldViolation>,
+) -> Result<T> {
+    if s.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    parse(field, s).map_err(Error::from)
+}
+
+/// Parses an optional id filter: empty means no filter.
+pub fn id_filter<T>(
+    field: &str,
+    s: &str,
+    parse: fn(&str, &str) -> std::result::Result<T, FieldViolation>,
+) -> Result<Option<T>> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse(field, s).map(Some).map_err(Error::from)
+    }
+}
+
+pub fn timestamp(t: Timestamp) -> PbTimestamp {
+    let micros = to_micros(t);
+    PbTimestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+/// Parses a timestamp, truncated to microseconds.
+pub fn from_timestamp(
+    field: &str,
+    t: &PbTimestamp,
+) -> std::result::Result<Timestamp, FieldViolation> {
+    let bad = || FieldViolation::new(field, "must be a valid timestamp");
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(bad());
+    }
+    let micros = t
+        .seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(i64::from(t.nanos / 1_000)))
+        .ok_or_else(bad)?;
+    from_micros(micros).ok_or_else(bad)
+}
+
+/// The paths of a required update mask, each checked against `allowed`.
+pub fn mask_paths(mask: Option<&FieldMask>, allowed: &[&str]) -> Result<Vec<String>> {
+    let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
+        return Err(Error::invalid(
+            "update_mask",
+            format!("is required; allowed paths: {}", allowed.join(", ")),
+        ));
+    };
+    let mut v = Violations::default();
+    for p in &mask.paths {
+        if !allowed.contains(&p.as_str()) {
+            v.push(
+                "update_mask",
+                format!(
+                    "{p:?} cannot be updated; allowed paths: {}",
+                    allowed.join(", ")
+                ),
+            );
+        }
+    }
+    v.finish(|| Some(mask.paths.clone()))
+}
+
+fn price(v: &mut Violations, field: &str, p: Option<&pb::Price>) -> Option<Price> {
+    match p {
+        None => {
+            v.push(field, "is required");
+            None
+        }
+        Some(p) => v.check_all(field, Price::parse(p.amount_minor, &p.currency)),
+    }
+}
+
+fn billing_interval(v: &mut Violations, field: &str, raw: i32) -> Option<BillingInterval> {
+    match pb::BillingInterval::try_from(raw) {
+        Ok(pb::BillingInterval::Month) => Some(BillingInterval::Month),
+        Ok(pb::BillingInterval::Year) => Some(BillingInterval::Year),
+        _ => {
+            v.push(
+                field,
+                "must be BILLING_INTERVAL_MONTH or BILLING_INTERVAL_YEAR",
+            );
+            None
+        }
+    }
+}
+
+fn trial_days(v: &mut Violations, field: &str, days: i32) -> Option<u16> {
+    if (0..=MAX_TRIAL_DAYS).contains(&i64::from(days)) {
+        Some(days as u16)
+    } else {
+        v.push(field, format!("must be between 0 and {MAX_TRIAL_DAYS}"));
+        None
+    }
+}
+
+fn rate_limit(v: &mut Violations, field: &str, r: Option<&pb::RateLimit>) -> Option<RateLimit> {
+    match r {
+        None => {
+            v.push(field, "is required");
+            None
+        }
+        Some(r) => v.check_all(field, RateLimit::parse(r.requests_per_minute, r.burst)),
+    }
+}
+
+fn quotas(v: &mut Violations, field: &str, qs: &[pb::Quota]) -> Option<Vec<Quota>> {
+    let mut out = Vec::with_capacity(qs.len());
+    let mut ok = true;
+    for (i, q) in qs.iter().enumerate() {
+        let overage = match pb::OveragePolicy::try_from(q.overage_policy) {
+            Ok(pb::OveragePolicy::HardCap) => {
+                if q.overage_unit_price_micros != 0 {
+                    v.push(
+                        format!("{field}[{i}].overage_unit_price_micros"),
+                        "must be 0 unless overage_policy is OVERAGE_POLICY_BILLED",
+                    );
+                    ok = false;
+                }
+                Some(Overage::HardCap)
+            }
+            Ok(pb::OveragePolicy::Billed) => Some(Overage::Billed {
+                unit_price_micros: q.overage_unit_price_micros,
+            }),
+            _ => None,
+        };
+        match v.check_all(
+            &format!("{field}[{i}]"),
+            Quota::parse(&q.resource, q.included_units, overage),
+        ) {
+            Some(q) => out.push(q),
+            None => ok = false,
+        }
+    }
+    if ok {
+        v.check_all(field, Quota::check_list(&out).map(|()| out))
+    } else {
+        None
+    }
+}
+
+fn quota_reset(v: &mut Violations, field: &str, r: Option<&pb::QuotaReset>) -> Option<QuotaReset> {
+    use pb::quota_reset::Schedule;
+    match r.and_then(|r| r.schedule.as_ref()) {
+        None => {
+            v.push(field, "is required: calendar_month or billing_period");
+            None
+        }
+        Some(Schedule::CalendarMonth(m)) => v.check(
+            "",
+            QuotaReset::calendar_month(&format!("{field}.calendar_month.day"), i64::from(m.day)),
+        ),
+        Some(Schedule::BillingPeriod(_)) => Some(QuotaReset::BillingPeriod),
+    }
+}
+
+fn display_name(v: &mut Violations, field: &str, s: &str) -> Option<String> {
+    v.check("", bounded(field, s, 200, true))
+}
+
+fn metadata(v: &mut Violations, field: &str, m: &HashMap<String, String>) -> Option<Metadata> {
+    v.check("", Metadata::parse(field, m.clone()))
+}
+
+pub fn new_plan(req: pb::CreatePlanRequest) -> Result<(Slug, PlanSpec)> {
+    let Some(p) = req.plan else {
+        return Err(Error::invalid("plan", "is required"));
+    };
+    let mut v = Violations::default();
+    let slug = v.check("", Slug::parse("plan.slug", &p.slug));
+    let spec = (
+        display_name(&mut v, "plan.display_name", &p.display_name),
+        price(&mut v, "plan.price", p.price.as_ref()),
+        billing_interval(&mut v, "plan.billing_interval", p.billing_interval),
+        trial_days(&mut v, "plan.trial_days", p.trial_days),
+        rate_limit(&mut v, "plan.rate_limit", p.rate_limit.as_ref()),
+        quotas(&mut v, "plan.quotas", &p.quotas),
+        v.check("", Feature::parse_list("plan.features", &p.features)),
+        quota_reset(&mut v, "plan.quota_reset", p.quota_reset.as_ref()),
+    );
+    v.finish(|| {
+        let (
+            display_name,
+            price,
+            billing_interval,
+            trial_days,
+            rate_limit,
+            quotas,
+            features,
+            quota_reset,
+        ) = spec;
+        Some((
+            slug?,
+            PlanSpec {
+                display_name: display_name?,
+                price: price?,
+                billing_interval: billing_interval?,
+                trial_days: trial_days?,
+                rate_limit: rate_limit?,
+                quotas: quotas?,
+                features: features?,
+                quota_reset: quota_reset?,
+            },
+        ))
+    })
+}
+
+pub const PLAN_MASK: &[&str] = &[
+    "display_name",
+    "price",
+    "billing_interval",
+    "trial_days",
+    "rate_limit",
+    "quotas",
+    "features",
+    "quota_reset",
+];
+
+pub fn plan_patch(req: pb::UpdatePlanRequest) -> Result<(crate::domain::ids::PlanId, PlanPatch)> {
+    let Some(p) = req.plan else {
+        return Err(Error::invalid("plan", "is required"));
+    };
+    let id = id("plan.id", &p.id, crate::domain::ids::PlanId::parse)?;
+    let paths = mask_paths(req.update_mask.as_ref(), PLAN_MASK)?;
+    let mut v = Violations::default();
+    let mut patch = PlanPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "display_name" => {
+                patch.display_name = display_name(&mut v, "plan.display_name", &p.display_name)
+            }
+            "price" => patch.price = price(&mut v, "plan.price", p.price.as_ref()),
+            "billing_interval" => {
+                patch.billing_interval =
+                    billing_interval(&mut v, "plan.billing_interval", p.billing_interval)
+            }
+            "trial_days" => patch.trial_days = trial_days(&mut v, "plan.trial_days", p.trial_days),
+            "rate_limit" => {
+                patch.rate_limit = rate_limit(&mut v, "plan.rate_limit", p.rate_limit.as_ref())
+            }
+            "quotas" => patch.quotas = quotas(&mut v, "plan.quotas", &p.quotas),
+            "features" => {
+                patch.features = v.check("", Feature::parse_list("plan.features", &p.features))
+            }
+            "quota_reset" => {
+                patch.quota_reset = quota_reset(&mut v, "plan.quota_reset", p.quota_reset.as_ref())
+            }
+            _ => unreachable!("mask_paths checked the paths"),
+        }
+    }
+    v.finish(|| Some((id, patch)))
+}
+
+fn optional<T>(
+    v: &mut Violations,
+    s: &str,
+    parse: impl FnOnce(&str) -> std::result::Result<T, FieldViolation>,
+) -> Option<Option<T>> {
+    if s.is_empty() {
+        Some(None)
+    } else {
+        v.check("", parse(s)).map(Some)
+    }
+}
+
+fn tenant_status(v: &mut Violations, field: &str, raw: i32) -> Option<Option<TenantStatus>> {
+    use pb::TenantStatus as P;
+    match P::try_from(raw) {
+        Ok(P::Unspecified) => Some(None),
+        Ok(P::Trialing) => Some(Some(TenantStatus::Trialing)),
+        Ok(P::Active) => Some(Some(TenantStatus::Active)),
+        Ok(P::PastDue) => Some(Some(TenantStatus::PastDue)),
+        Ok(P::Canceled) => Some(Some(TenantStatus::Canceled)),
+        Ok(P::Revoked) => Some(Some(TenantStatus::Revoked)),
+        Err(_) => {
+            v.push(field, format!("{raw} is not a TenantStatus"));
+            None
+        }
+    }
+}
+
+pub fn tenant_status_filter(raw: i32) -> Result<Option<TenantStatus>> {
+    let mut v = Violations::default();
+    let status = tenant_status(&mut v, "status", raw);
+    v.finish(|| status)
+}
+
+fn opt_timestamp(
+    v: &mut Violations,
+    field: &str,
+    t: Option<&PbTimestamp>,
+) -> Option<Option<Timestamp>> {
+    match t {
+        None => Some(None),
+        Some(t) => v.check("", from_timestamp(field, t)).map(Some),
+    }
+}
+
+pub fn new_tenant(req: pb::CreateTenantRequest) -> Result<NewTenant> {
+    let Some(t) = req.tenant else {
+        return Err(Error::invalid("tenant", "is required"));
+    };
+    let mut v = Violations::default();
+    let external_id = optional(&mut v, &t.external_id, |s| {
+        ExternalId::parse("tenant.external_id", s)
+    });
+    let email = optional(&mut v, &t.email, |s| Email::parse("tenant.email", s));
+    let name = v.check("", parse_name("tenant.name", &t.name));
+    let company = v.check("", parse_name("tenant.company", &t.company));
+    let metadata = metadata(&mut v, "tenant.metadata", &t.metadata);
+    let plan_id = if t.plan_id.is_empty() {
+        v.push("tenant.plan_id", "is required");
+        None
+    } else {
+        v.check(
+            "",
+            crate::domain::ids::PlanId::parse("tenant.plan_id", &t.plan_id),
+        )
+    };
+    let status = tenant_status(&mut v, "tenant.status", t.status);
+    let trial_end = opt_timestamp(&mut v, "tenant.trial_end", t.trial_end.as_ref());
+    v.finish(|| {
+        Some(NewTenant {
+            profile: TenantProfile {
+                external_id: external_id?,
+                email: email?,
+                name: name?,
+                company: company?,
+                metadata: metadata?,
+            },
+            plan_id: plan_id?,
+            status: status?,
+            trial_end: trial_end?,
+        })
+    })
+}
+
+pub const TENANT_MASK: &[&str] = &[
+    "external_id",
+    "email",
+    "name",
+    "company",
+    "status",
+    "trial_end",
+    "metadata",
+];
+
+pub fn tenant_patch(
+    req: pb::UpdateTenantRequest,
+) -> Result<(crate::domain::ids::TenantId, TenantPatch)> {
+    let Some(t) = req.tenant else {
+        return Err(Error::invalid("tenant", "is required"));
+    };
+    let id = id("tenant.id", &t.id, crate::domain::ids::TenantId::parse)?;
+    let paths = mask_paths(req.update_mask.as_ref(), TENANT_MASK)?;
+    let mut v = Violations::default();
+    let mut patch = TenantPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "external_id" => {
+                patch.external_id = optional(&mut v, &t.external_id, |s| {
+                    ExternalId::parse("tenant.external_id", s)
+                })
+            }
+            "email" => {
+                patch.email = optional(&mut v, &t.email, |s| Email::parse("tenant.email", s))
+            }
+            "name" => patch.name = v.check("", parse_name("tenant.name", &t.name)),
+            "company" => patch.company = v.check("", parse_name("tenant.company", &t.company)),
+            "status" => match tenant_status(&mut v, "tenant.status", t.status) {
+                Some(None) => v.push("tenant.status", "must be set when in update_mask"),
+                Some(s) => patch.status = s,
+                None => {}
+            },
+            "trial_end" => {
+                patch.trial_end = opt_timestamp(&mut v, "tenant.trial_end", t.trial_end.as_ref())
+            }
+            "metadata" => patch.metadata = metadata(&mut v, "tenant.metadata", &t.metadata),
+            _ => unreachable!("mask_paths checked the paths"),
+        }
+    }
+    v.finish(|| Some((id, patch)))
+}
+
+fn key_environment(v: &mut Violations, field: &str, raw: i32) -> Option<KeyEnvironment> {
+    match pb::KeyEnvironment::try_from(raw) {
+        Ok(pb::KeyEnvironment::Unspecified | pb::KeyEnvironment::Live) => {
+            Some(KeyEnvironment::Live)
+        }
+        Ok(pb::KeyEnvironment::Test) => Some(KeyEnvironment::Test),
+        Err(_) => {
+            v.push(field, format!("{raw} is not a KeyEnvironment"));
+            None
+        }
+    }
+}
+
+fn opt_rate_limit(
+    v: &mut Violations,
+    field: &str,
+    r: Option<&pb::RateLimit>,
+) -> Option<Option<RateLimit>> {
+    match r {
+        None => Some(None),
+        Some(r) => rate_limit(v, field, Some(r)).map(Some),
+    }
+}
+
+pub fn new_key(req: pb::CreateKeyRequest) -> Result<NewKey> {
+    let Some(k) = req.key else {
+        return Err(Error::invalid("key", "is required"));
+    };
+    let mut v = Violations::default();
+    let tenant_id = if k.tenant_id.is_empty() {
+        v.push("key.tenant_id", "is required");
+        None
+    } else {
+        v.check(
+            "",
+            crate::domain::ids::TenantId::parse("key.tenant_id", &k.tenant_id),
+        )
+    };
+    let environment = key_environment(&mut v, "key.environment", k.environment);
+    let name = display_name(&mut v, "key.name", &k.name);
+    let expires_at = opt_timestamp(&mut v, "key.expire_time", k.expire_time.as_ref());
+    let rate_limit_override = opt_rate_limit(
+        &mut v,
+        "key.rate_limit_override",
+        k.rate_limit_override.as_ref(),
+    );
+    let quota_overrides = quotas(&mut v, "key.quota_overrides", &k.quota_overrides);
+    let metadata = metadata(&mut v, "key.metadata", &k.metadata);
+    v.finish(|| {
+        Some(NewKey {
+            tenant_id: tenant_id?,
+            environment: environment?,
+            settings: KeySettings {
+                name: name?,
+                disabled: k.disabled,
+                expires_at: expires_at?,
+                rate_limit_override: rate_limit_override?,
+                quota_overrides: quota_overrides?,
+                metadata: metadata?,
+            },
+        })
+    })
+}
+
+pub const KEY_MASK: &[&str] = &[
+    "name",
+    "disabled",
+    "expire_time",
+    "rate_limit_override",
+    "quota_overrides",
+    "metadata",
+];
+
+pub fn key_patch(req: pb::UpdateKeyRequest) -> Result<(crate::domain::ids::KeyId, KeyPatch)> {
+    let Some(k) = req.key else {
+        return Err(Error::invalid("key", "is required"));
+    };
+    let id = id("key.id", &k.id, crate::domain::ids::KeyId::parse)?;
+    let paths = mask_paths(req.update_mask.as_ref(), KEY_MASK)?;
+    let mut v = Violations::default();
+    let mut patch = KeyPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "name" => patch.name = display_name(&mut v, "key.name", &k.name),
+            "disabled" => patch.disabled = Some(k.disabled),
+            "expire_time" => {
+                patch.expires_at = opt_timestamp(&mut v, "key.expire_time", k.expire_time.as_ref())
+            }
+            "rate_limit_override" => {
+                patch.rate_limit_override = opt_rate_limit(
+                    &mut v,
+                    "key.rate_limit_override",
+                    k.rate_limit_override.as_ref(),
+                )
+            }
+            "quota_overrides" => {
+                patch.quota_overrides = quotas(&mut v, "key.quota_overrides", &k.quota_overrides)
+            }
+            "metadata" => patch.metadata = metadata(&mut v, "key.metadata", &k.metadata),
+            _ => unreachable!("mask_paths checked the paths"),
+        }
+    }
+    v.finish(|| Some((id, patch)))
+}
+
+// ---- domain → proto ---------------------------------------------------------
+
+fn rate_limit_to_pb(r: &RateLimit) -> pb::RateLimit {
+    pb::RateLimit {
+        requests_per_minute: r.requests_per_minute,
+        burst: r.burst,
+    }
+}
+
+fn quota_to_pb(q: &Quota) -> pb::Quota {
+    let (policy, micros) = match q.overage {
+        Overage::HardCap => (pb::OveragePolicy::HardCap, 0),
+        Overage::Billed { unit_price_micros } => (pb::OveragePolicy::Billed, unit_price_micros),
+    };
+    pb::Quota {
+        resource: q.resource.as_str().to_owned(),
+        included_units: q.included_units,
+        overage_policy: policy as i32,
+        overage_unit_price_micros: micros,
+    }
+}
+
+impl From<&Plan> for pb::Plan {
+    fn from(p: &Plan) -> Self {
+        use pb::quota_reset::{BillingPeriod, CalendarMonth, Schedule};
+        let s = &p.spec;
+        pb::Plan {
+            id: p.id.to_string(),
+            slug: p.slug.to_string(),
+            display_name: s.display_name.clone(),
+            price: Some(pb::Price {
+                amount_minor: s.price.amount_minor,
+                currency: s.price.currency.code().to_owned(),
+            }),
+            billing_interval: match s.billing_interval {
+                BillingInterval::Month => pb::BillingInterval::Month,
+                BillingInterval::Year => pb::BillingInterval::Year,
+            } as i32,
+            trial_days: i32::from(s.trial_days),
+            rate_limit: Some(rate_limit_to_pb(&s.rate_limit)),
+            quotas: s.quotas.iter().map(quota_to_pb).collect(),
+            features: s.features.iter().map(|f| f.as_str().to_owned()).collect(),
+            quota_reset: Some(pb::QuotaReset {
+                schedule: Some(match s.quota_reset {
+                    QuotaReset::CalendarMonth { day } => Schedule::CalendarMonth(CalendarMonth {
+                        day: i32::from(day),
+                    }),
+                    QuotaReset::BillingPeriod => Schedule::BillingPeriod(BillingPeriod {}),
+                }),
+            }),
+            archived: p.archived,
+            create_time: Some(timestamp(p.created_at)),
+            update_time: Some(timestamp(p.updated_at)),
+        }
+    }
+}
+
+impl From<&ProductMapping> for pb::ProductMapping {
+    fn from(m: &ProductMapping) -> Self {
+        pb::ProductMapping {
+            provider: m.provider.as_str().to_owned(),
+            product_id: m.product_id.as_str().to_owned(),
+            plan_id: m.plan_id.to_string(),
+            create_time: Some(timestamp(m.created_at)),
+        }
+    }
+}
+
+pub fn tenant_status_to_pb(s: TenantStatus) -> pb::TenantStatus {
+    match s {
+        TenantStatus::Trialing => pb::TenantStatus::Trialing,
+        TenantStatus::Active => pb::TenantStatus::Active,
+        TenantStatus::PastDue => pb::TenantStatus::PastDue,
+        TenantStatus::Canceled => pb::TenantStatus::Canceled,
+        TenantStatus::Revoked => pb::TenantStatus::Revoked,
+    }
+}
+
+impl From<&Tenant> for pb::Tenant {
+    fn from(t: &Tenant) -> Self {
+        pb::Tenant {
+            id: t.id.to_string(),
+            external_id: t
+                .profile
+                .external_id
+                .as_ref()
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_default(),
+            email: t
+                .profile
+                .email
+                .as_ref()
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_default(),
+            name: t.profile.name.clone(),
+            company: t.profile.company.clone(),
+            plan_id: t.plan_id.to_string(),
+            status: tenant_status_to_pb(t.status) as i32,
+            trial_end: t.trial_end.map(timestamp),
+            metadata: t.profile.metadata.entries().clone().into_iter().collect(),
+            create_time: Some(timestamp(t.created_at)),
+            update_time: Some(timestamp(t.updated_at)),
+        }
+    }
+}
+
+/// A key as the API shows it; its status depends on the time of asking.
+pub fn key_to_pb(k: &ApiKey, at: Timestamp) -> pb::Key {
+    let s = &k.settings;
+    pb::Key {
+        id: k.id.to_string(),
+        tenant_id: k.tenant_id.to_string(),
+        name: s.name.clone(),
+        environment: match k.environment {
+            KeyEnvironment::Live => pb::KeyEnvironment::Live,
+            KeyEnvironment::Test => pb::KeyEnvironment::Test,
+        } as i32,
+        prefix: k.prefix.clone(),
+        status: match k.status(at) {
+            KeyStatus::Active => pb::KeyStatus::Active,
+            KeyStatus::Revoked => pb::KeyStatus::Revoked,
+            KeyStatus::Expired => pb::KeyStatus::Expired,
+        } as i32,
+        disabled: s.disabled,
+        expire_time: s.expires_at.map(timestamp),
+        rate_limit_override: s.rate_limit_override.as_ref().map(rate_limit_to_pb),
+        quota_overrides: s.quota_overrides.iter().map(quota_to_pb).collect(),
+        metadata: s.metadata.entries().clone().into_iter().collect(),
+        create_time: Some(timestamp(k.created_at)),
+        update_time: Some(timestamp(k.updated_at)),
+        last_used_time: k.last_used_at.map(timestamp),
+        revoke_time: k.revoked_at.map(timestamp),
+    }
+}

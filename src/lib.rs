@@ -1,0 +1,13 @@
+//! Tollgate: a self-hosted gRPC entitlement service.
+//!
+//! Layout: `domain` holds the rules and types (no tonic, no sqlx), `store`
+//! the storage traits and their backends, `catalog` the use cases over them,
+//! `grpc` the edge, and `startup`/`cli`/`config`/`telemetry` the process.
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

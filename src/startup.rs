@@ -1,0 +1,187 @@
+//! Building and running the server: open the store, bind, serve until told
+//! to stop, then drain.
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::{
+    catalog::Catalog,
+    config::Config,
+    domain::{
+        credential::{Credential, Scope},
+        ids::CredentialId,
+        now,
+        secret::SecretHash,
+    },
+    grpc::{
+        FILE_DESCRIPTOR_SET,
+        auth::{AuthLayer, Authenticator},
+        billing::BillingService,
+        keys::KeysService,
+        pb::{billing_server::BillingServer, keys_server::KeysServer, plans_server::PlansServer},
+        plans::PlansService,
+    },
+    store::{CredentialStore, sql::SqlStore},
+};
+
+/// Opens the configured database (creating the embedded data directory when
+/// needed) and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    if config.database_url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    }
+    SqlStore::open(
+        &config.effective_database_url(),
+        config.database_max_connections,
+    )
+    .await
+}
+
+/// Creates the admin credential given in `admin_token`, once.
+pub async fn seed_admin(config: &Config, store: &dyn CredentialStore) -> anyhow::Result<()> {
+    if config.admin_token.is_empty() {
+        return Ok(());
+    }
+    let credential = Credential {
+        id: CredentialId::generate(),
+        name: "admin_token setting".into(),
+        scope: Scope::Admin,
+        created_at: now(),
+    };
+    store
+        .ensure_credential(&credential, SecretHash::of(&config.admin_token))
+        .await
+        .context("seeding the admin credential from admin_token")?;
+    Ok(())
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: SqlStore,
+    config: Config,
+}
+
+impl Application {
+    /// Opens the store and binds the listener, so `local_addr` is known
+    /// (port 0 picks a free port) before serving starts.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = open_store(&config).await?;
+        seed_admin(&config, &store).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding listen address {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves; then reports NOT_SERVING, refuses
+    /// new calls and lets in-flight calls finish within the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let store = Arc::new(self.store.clone());
+        let catalog = Catalog::new(store.clone());
+        let auth = Authenticator::new(
+            store.clone(),
+            Duration::from_secs(self.config.credential_cache_seconds),
+        );
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<PlansServer<PlansService>>().await;
+        health.set_serving::<BillingServer<BillingService>>().await;
+        health.set_serving::<KeysServer<KeysService>>().await;
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.BadRequest, so grpcurl can show error details.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
+
+        let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let reporter = health.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: refusing new calls, finishing in-flight ones");
+            reporter
+                .set_not_serving::<PlansServer<PlansService>>()
+                .await;
+            reporter
+                .set_not_serving::<BillingServer<BillingService>>()
+                .await;
+            reporter.set_not_serving::<KeysServer<KeysService>>().await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            let _ = stopping_tx.send(true);
+        };
+
+        tracing::info!(addr = %self.local_addr, config = ?self.config, "tollgate serving");
+        let server = Server::builder()
+            .layer(AuthLayer::new(auth))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(PlansServer::new(PlansService::new(catalog.clone())))
+            .add_service(BillingServer::new(BillingService::new(catalog.clone())))
+            .add_service(KeysServer::new(KeysService::new(catalog)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+
+        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
+        let deadline = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result.context("serving gRPC")?,
+            () = deadline => tracing::warn!("grace period over; cutting off calls still running"),
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

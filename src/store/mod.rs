@@ -1,0 +1,91 @@
+//! Storage traits. Backends live beside them (`sql` serves PostgreSQL and
+//! SQLite); every backend passes the conformance suite in `tests/it/store.rs`.
+//! A method that writes several rows does so in one transaction.
+use async_trait::async_trait;
+
+use crate::domain::{
+    Result, Timestamp,
+    credential::{Credential, Scope},
+    ids::{KeyId, PlanId, TenantId},
+    key::ApiKey,
+    page::PageRequest,
+    plan::{Plan, ProductId, ProductMapping, Provider, Slug},
+    secret::SecretHash,
+    tenant::{ExternalId, Tenant, TenantStatus},
+};
+
+pub mod sql;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantFilter {
+    pub plan_id: Option<PlanId>,
+    pub status: Option<TenantStatus>,
+}
+
+/// Plans, product mappings, tenants and keys.
+///
+/// `replace_*` methods are optimistic: they write only if the stored row's
+/// `updated_at` still equals `expected`, and say whether they wrote.
+#[async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Fails with `AlreadyExists` when the slug is taken.
+    async fn create_plan(&self, plan: &Plan) -> Result<()>;
+    async fn get_plan(&self, id: PlanId) -> Result<Option<Plan>>;
+    async fn get_plan_by_slug(&self, slug: &Slug) -> Result<Option<Plan>>;
+    async fn list_plans(&self, show_archived: bool, page: &PageRequest) -> Result<Vec<Plan>>;
+    async fn replace_plan(&self, plan: &Plan, expected: Timestamp) -> Result<bool>;
+
+    /// Fails with `AlreadyExists` when the product is mapped already.
+    async fn map_product(&self, mapping: &ProductMapping) -> Result<()>;
+    /// Removes and returns the mapping, if there was one.
+    async fn unmap_product(
+        &self,
+        provider: Provider,
+        product_id: &ProductId,
+    ) -> Result<Option<ProductMapping>>;
+    async fn list_product_mappings(
+        &self,
+        plan_id: Option<PlanId>,
+        page: &PageRequest,
+    ) -> Result<Vec<ProductMapping>>;
+
+    /// Fails with `AlreadyExists` when the external id is taken.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
+    async fn get_tenant_by_external_id(&self, external_id: &ExternalId) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self, filter: &TenantFilter, page: &PageRequest) -> Result<Vec<Tenant>>;
+    /// Fails with `AlreadyExists` when a changed external id is taken.
+    async fn replace_tenant(&self, tenant: &Tenant, expected: Timestamp) -> Result<bool>;
+
+    /// Stores the key and the hash of its first secret, together.
+    async fn create_key(&self, key: &ApiKey, secret: SecretHash) -> Result<()>;
+    async fn get_key(&self, id: KeyId) -> Result<Option<ApiKey>>;
+    async fn list_keys(&self, tenant_id: TenantId, page: &PageRequest) -> Result<Vec<ApiKey>>;
+    /// The key one of whose secrets hashes to `secret` and is still valid at
+    /// `at` (current, or rotated out but inside its grace period).
+    async fn find_key_by_secret(&self, secret: SecretHash, at: Timestamp)
+    -> Result<Option<ApiKey>>;
+    async fn replace_key(&self, key: &ApiKey, expected: Timestamp) -> Result<bool>;
+    /// Replaces the key (new prefix), makes every older secret expire at
+    /// `old_valid_until` at the latest, and adds `new_secret`, in one
+    /// transaction.
+    async fn rotate_key(
+        &self,
+        key: &ApiKey,
+        expected: Timestamp,
+        new_secret: SecretHash,
+        old_valid_until: Timestamp,
+    ) -> Result<bool>;
+}
+
+/// The credentials that callers of the gRPC API present.
+#[async_trait]
+pub trait CredentialStore: Send + Sync + 'static {
+    async fn create_credential(&self, credential: &Credential, token: SecretHash) -> Result<()>;
+    /// Creates the credential unless one with this token exists already; for
+    /// seeding from the environment on every start.
+    async fn ensure_credential(&self, credential: &Credential, token: SecretHash) -> Result<()>;
+    /// The unrevoked credential whose token hashes to `token`.
+    async fn find_credential(&self, token: SecretHash) -> Result<Option<Credential>>;
+    async fn count_credentials(&self, scope: Scope) -> Result<i64>;
+}
