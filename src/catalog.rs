@@ -172,7 +172,12 @@ impl Catalog {
         .await
     }
 
+    /// Archives a plan; archiving it again changes nothing.
     pub async fn archive_plan(&self, id: PlanId) -> Result<Plan> {
+        let plan = self.get_plan(&PlanRef::Id(id)).await?;
+        if plan.archived {
+            return Ok(plan);
+        }
         self.modify_plan(id, |plan| {
             plan.archived = true;
             Ok(())

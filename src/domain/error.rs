@@ -22,6 +22,8 @@ impl FieldViolation {
     pub fn under(mut self, parent: &str) -> Self {
         self.field = if self.field.is_empty() {
             parent.to_owned()
+        } else if self.field.starts_with('[') {
+            format!("{parent}{}", self.field)
         } else {
             format!("{parent}.{}", self.field)
         };

@@ -1,1 +1,11 @@
-mod placeholder {}
+//! Integration tests: the storage conformance suite (every case on PostgreSQL
+//! and SQLite), catalog rules, bad input, and end-to-end runs of the real
+//! binary with grpcurl and Python grpcio clients.
+mod bad_input;
+mod catalog_rules;
+mod e2e_grpcurl;
+mod e2e_python;
+mod helpers;
+mod readme;
+mod restart;
+mod store;

@@ -1,0 +1,405 @@
+//! Test harness: a fresh database per test (PostgreSQL or SQLite), the server
+//! in-process or as the real binary, and the Python tools (grpcurl, grpcio).
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use tollgate::{
+    config::{Config, Overrides},
+    domain::{
+        credential::{Credential, Scope, issue_token},
+        ids::CredentialId,
+        now,
+    },
+    grpc::pb::{billing_client::BillingClient, keys_client::KeysClient, plans_client::PlansClient},
+    startup::Application,
+    store::{CredentialStore, sql::SqlStore},
+};
+use tonic::transport::Channel;
+
+pub const PG_HINT: &str = "PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres): start it (pg_ctlcluster 15 main start) or set TOLLGATE_TEST_POSTGRES_URL";
+
+fn postgres_base() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database of its own for one test; a PostgreSQL one is dropped after.
+pub struct TestDb {
+    url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Postgres {
+        name: String,
+    },
+    /// Held so the directory lives as long as the database.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl TestDb {
+    pub async fn postgres() -> Self {
+        sqlx::any::install_default_drivers();
+        let name = format!("tollgate_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = format!("{}/postgres", postgres_base());
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{PG_HINT} ({e})"));
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("creating the test database");
+        Self {
+            url: format!("{}/{name}", postgres_base()),
+            kind: Kind::Postgres { name },
+        }
+    }
+
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self {
+            url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("tollgate.db").display()
+            ),
+            kind: Kind::Sqlite { _dir: dir },
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> SqlStore {
+        SqlStore::open(&self.url, 4)
+            .await
+            .expect("opening the store")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Kind::Postgres { name } = &self.kind {
+            let name = name.clone();
+            // Drop runs outside any runtime we may block; use a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let admin = format!("{}/postgres", postgres_base());
+                    if let Ok(mut conn) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                    {
+                        let _ = sqlx::Executor::execute(
+                            &mut conn,
+                            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                        )
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Generates `<case>::postgres` and `<case>::sqlite` tests from one
+/// `async fn <case>(db: TestDb)`: every case runs on every backend.
+#[macro_export]
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn postgres() {
+                super::$case($crate::helpers::TestDb::postgres().await).await
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case($crate::helpers::TestDb::sqlite().await).await
+            }
+        }
+    )+};
+}
+
+async fn credential(store: &SqlStore, scope: Scope) -> String {
+    let token = issue_token();
+    let c = Credential {
+        id: CredentialId::generate(),
+        name: format!("test {}", scope.as_str()),
+        scope,
+        created_at: now(),
+    };
+    store
+        .create_credential(&c, token.hash())
+        .await
+        .expect("credential");
+    token.into_exposed()
+}
+
+/// The server running inside the test process on a free port.
+pub struct InProcess {
+    pub admin_token: String,
+    pub verify_token: String,
+    channel: Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _db: TestDb,
+}
+
+impl InProcess {
+    pub async fn start(db: TestDb) -> Self {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some(db.url().to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &overrides).expect("config");
+        let app = Application::build(config).await.expect("building the app");
+        let addr = app.local_addr();
+        let store = db.store().await;
+        let admin_token = credential(&store, Scope::Admin).await;
+        let verify_token = credential(&store, Scope::Verify).await;
+        store.close().await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connecting to the in-process server");
+        Self {
+            admin_token,
+            verify_token,
+            channel,
+            stop: Some(stop),
+            _db: db,
+        }
+    }
+
+    pub fn plans(&self) -> PlansClient<Channel> {
+        PlansClient::new(self.channel.clone())
+    }
+
+    pub fn billing(&self) -> BillingClient<Channel> {
+        BillingClient::new(self.channel.clone())
+    }
+
+    pub fn keys(&self) -> KeysClient<Channel> {
+        KeysClient::new(self.channel.clone())
+    }
+
+    /// A request carrying the admin credential.
+    pub fn admin<T>(&self, message: T) -> tonic::Request<T> {
+        with_token(message, &self.admin_token)
+    }
+
+    /// A request carrying the verify-scope credential.
+    pub fn verify<T>(&self, message: T) -> tonic::Request<T> {
+        with_token(message, &self.verify_token)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    req
+}
+
+/// The real `tollgate` binary with a clean environment.
+pub fn tollgate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TOLLGATE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs the binary with `args` against `db`, expects success, returns stdout.
+pub fn run_tollgate(db: &TestDb, args: &[&str]) -> String {
+    let out = tollgate()
+        .args(["--database-url", db.url()])
+        .args(args)
+        .output()
+        .expect("running tollgate");
+    assert!(
+        out.status.success(),
+        "tollgate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// The real binary serving on a free port, logging JSON lines.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `tollgate [global args] serve` and waits for its "serving" line.
+    pub fn start(global_args: &[&str]) -> Self {
+        Self::spawn(tollgate(), global_args)
+    }
+
+    /// The same, run from `dir` (where the default `./tollgate-data` goes).
+    pub fn start_in(dir: &Path, global_args: &[&str]) -> Self {
+        let mut cmd = tollgate();
+        cmd.current_dir(dir);
+        Self::spawn(cmd, global_args)
+    }
+
+    fn spawn(mut cmd: Command, global_args: &[&str]) -> Self {
+        let mut child = cmd
+            .args(global_args)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning tollgate serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "tollgate serving"
+                {
+                    let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("serving address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tollgate did not start; logs: {:?}", logs.lock().unwrap());
+            }
+        };
+        Self { addr, child, logs }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "tollgate exited with {status}; logs: {:?}",
+                    self.logs()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The virtualenv with the Python tools of `tests/python/requirements.txt`:
+/// `TOLLGATE_TEST_VENV` when set (CI makes a throwaway one), else
+/// `target/test-venv`, created on first use.
+pub fn venv() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        if let Ok(dir) = std::env::var("TOLLGATE_TEST_VENV") {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("bin/python").exists(),
+                "TOLLGATE_TEST_VENV={} has no bin/python",
+                dir.display()
+            );
+            return dir;
+        }
+        let dir = project_dir().join("target/test-venv");
+        let requirements = project_dir().join("tests/python/requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).expect("requirements.txt");
+        let stamp = dir.join("requirements.stamp");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+            return dir;
+        }
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "python3 -m venv failed: install python3 with the venv module"
+        );
+        let ok = Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "pip install -r tests/python/requirements.txt failed: PyPI must be reachable"
+        );
+        std::fs::write(&stamp, wanted).expect("stamp");
+        dir
+    })
+}
+
+/// Runs grpcurl 1.8.6 from the test virtualenv.
+pub fn grpcurl(args: &[&str]) -> std::process::Output {
+    Command::new(venv().join("bin/grpcurl"))
+        .args(args)
+        .output()
+        .expect("running grpcurl")
+}

@@ -1,0 +1,72 @@
+//! The README's grpcurl walkthrough, run exactly as written against the real
+//! binary on the embedded default, so it cannot drift from the server.
+use std::{path::Path, process::Command};
+
+use crate::helpers::{Server, venv};
+
+fn shell_blocks(readme: &str) -> Vec<String> {
+    readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn readme_opens_with_the_two_commands() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let first = &shell_blocks(&readme)[0];
+    let commands: Vec<&str> = first
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(commands, ["cargo run -- serve", "cargo test"]);
+}
+
+#[test]
+fn readme_walkthrough_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let walkthrough = shell_blocks(&readme)[1].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_tollgate")).parent().unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        bin_dir.display(),
+        venv().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut bash = Command::new("bash");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TOLLGATE_")) {
+        bash.env_remove(key);
+    }
+    let out = bash
+        .args(["-euo", "pipefail", "-c", &walkthrough])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("ADDR", server.target())
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "tollgate.v1.Plans",
+        "plan: plan_",
+        "tenant: ten_",
+        "tg_live_",
+        "KEY_STATUS_REVOKED",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+    server.stop();
+}
