@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tollgate/v1/plans.proto",
         "proto/tollgate/v1/billing.proto",
         "proto/tollgate/v1/keys.proto",
+        "proto/tollgate/v1/verify.proto",
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -23,6 +23,19 @@ use crate::{
     store::{CatalogStore, TenantFilter},
 };
 
+/// A catalog change that cached entitlements must forget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Key(KeyId),
+    Tenant(TenantId),
+    Plan(PlanId),
+}
+
+/// Told of every catalog change (locally, and later across replicas).
+pub trait ChangeListener: Send + Sync + 'static {
+    fn changed(&self, change: Change);
+}
+
 /// Longest grace period a rotated secret may keep verifying.
 pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -97,11 +110,27 @@ pub struct IssuedKey {
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
+    listeners: Vec<Arc<dyn ChangeListener>>,
 }
 
 impl Catalog {
     pub fn new(store: Arc<dyn CatalogStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Also tells `listener` of every change that cached entitlements must forget.
+    pub fn with_listener(mut self, listener: Arc<dyn ChangeListener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    fn announce(&self, change: Change) {
+        for l in &self.listeners {
+            l.changed(change);
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn CatalogStore> {
@@ -435,6 +464,7 @@ impl Catalog {
                 .rotate_key(&key, current.updated_at, secret.hash(), old_until)
                 .await?
             {
+                self.announce(Change::Key(id));
                 return Ok(IssuedKey { key, secret });
             }
         }
@@ -462,6 +492,7 @@ impl Catalog {
             },
         )
         .await
+        .inspect(|_| self.announce(Change::Plan(id)))
     }
 
     async fn modify_tenant(
@@ -483,6 +514,7 @@ impl Catalog {
             },
         )
         .await
+        .inspect(|_| self.announce(Change::Tenant(id)))
     }
 
     async fn modify_key(
@@ -504,6 +536,7 @@ impl Catalog {
             },
         )
         .await
+        .inspect(|_| self.announce(Change::Key(id)))
     }
 }
 

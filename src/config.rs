@@ -34,6 +34,8 @@ pub struct Config {
     pub log_filter: String,
     pub otlp_endpoint: String,
     pub credential_cache_seconds: u64,
+    pub key_cache_seconds: u64,
+    pub usage_flush_millis: u64,
     pub shutdown_grace_seconds: u64,
     pub admin_token: String,
 }
@@ -78,6 +80,9 @@ impl Config {
         }
         if self.database_url.is_empty() && self.data_dir.as_os_str().is_empty() {
             bail!("data_dir must be set when database_url is empty");
+        }
+        if self.usage_flush_millis == 0 {
+            bail!("usage_flush_millis must be at least 1");
         }
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");

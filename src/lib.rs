@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod limiter;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod verifier;

@@ -22,10 +22,16 @@ use crate::{
         auth::{AuthLayer, Authenticator},
         billing::BillingService,
         keys::KeysService,
-        pb::{billing_server::BillingServer, keys_server::KeysServer, plans_server::PlansServer},
+        pb::{
+            billing_server::BillingServer, keys_server::KeysServer, plans_server::PlansServer,
+            verify_server::VerifyServer,
+        },
         plans::PlansService,
+        verify::VerifyService,
     },
+    limiter::{Limiter, local::LocalLimiter},
     store::{CredentialStore, sql::SqlStore},
+    verifier::{EntitlementCache, Verifier},
 };
 
 /// Opens the configured database (creating the embedded data directory when
@@ -96,7 +102,16 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let store = Arc::new(self.store.clone());
-        let catalog = Catalog::new(store.clone());
+        let cache = Arc::new(EntitlementCache::new(Duration::from_secs(
+            self.config.key_cache_seconds,
+        )));
+        let catalog = Catalog::new(store.clone()).with_listener(cache.clone());
+        let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(store.clone()));
+        let verifier = Arc::new(Verifier::new(store.clone(), cache, limiter.clone()));
+        let flusher = tokio::spawn(flush_every(
+            limiter.clone(),
+            Duration::from_millis(self.config.usage_flush_millis),
+        ));
         let auth = Authenticator::new(
             store.clone(),
             Duration::from_secs(self.config.credential_cache_seconds),
@@ -106,6 +121,7 @@ impl Application {
         health.set_serving::<PlansServer<PlansService>>().await;
         health.set_serving::<BillingServer<BillingService>>().await;
         health.set_serving::<KeysServer<KeysService>>().await;
+        health.set_serving::<VerifyServer<VerifyService>>().await;
         health.set_service_status("", ServingStatus::Serving).await;
 
         let reflection = || {
@@ -133,6 +149,9 @@ impl Application {
                 .await;
             reporter.set_not_serving::<KeysServer<KeysService>>().await;
             reporter
+                .set_not_serving::<VerifyServer<VerifyService>>()
+                .await;
+            reporter
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
             let _ = stopping_tx.send(true);
@@ -147,6 +166,7 @@ impl Application {
             .add_service(PlansServer::new(PlansService::new(catalog.clone())))
             .add_service(BillingServer::new(BillingService::new(catalog.clone())))
             .add_service(KeysServer::new(KeysService::new(catalog)))
+            .add_service(VerifyServer::new(VerifyService::new(verifier)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
 
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
@@ -158,9 +178,26 @@ impl Application {
             result = server => result.context("serving gRPC")?,
             () = deadline => tracing::warn!("grace period over; cutting off calls still running"),
         }
+        flusher.abort();
+        // Usage admitted until the end is written before the store closes.
+        if let Err(error) = limiter.flush().await {
+            tracing::error!(%error, "final usage flush failed");
+        }
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Writes admitted usage to the database every `interval`.
+async fn flush_every(limiter: Arc<dyn Limiter>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = limiter.flush().await {
+            tracing::warn!(%error, "usage flush failed; retrying at the next tick");
+        }
     }
 }
 

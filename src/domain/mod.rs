@@ -8,6 +8,7 @@ pub mod plan;
 pub mod secret;
 pub mod tenant;
 pub mod text;
+pub mod verify;
 
 pub use error::{Error, FieldViolation, Result};
 

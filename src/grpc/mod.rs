@@ -6,6 +6,7 @@ pub mod convert;
 pub mod keys;
 pub mod plans;
 pub mod status;
+pub mod verify;
 
 /// Types and stubs generated from `proto/tollgate/v1`.
 pub mod pb {

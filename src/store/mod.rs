@@ -9,7 +9,7 @@ use crate::domain::{
     ids::{KeyId, PlanId, TenantId},
     key::ApiKey,
     page::PageRequest,
-    plan::{Plan, ProductId, ProductMapping, Provider, Slug},
+    plan::{Plan, ProductId, ProductMapping, Provider, Resource, Slug},
     secret::SecretHash,
     tenant::{ExternalId, Tenant, TenantStatus},
 };
@@ -63,8 +63,19 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn list_keys(&self, tenant_id: TenantId, page: &PageRequest) -> Result<Vec<ApiKey>>;
     /// The key one of whose secrets hashes to `secret` and is still valid at
     /// `at` (current, or rotated out but inside its grace period).
-    async fn find_key_by_secret(&self, secret: SecretHash, at: Timestamp)
-    -> Result<Option<ApiKey>>;
+    async fn find_key_by_secret(
+        &self,
+        secret: SecretHash,
+        at: Timestamp,
+    ) -> Result<Option<ApiKey>> {
+        Ok(self.find_secret(secret, at).await?.map(|(key, _)| key))
+    }
+    /// The same, with when that secret stops verifying (`None`: never).
+    async fn find_secret(
+        &self,
+        secret: SecretHash,
+        at: Timestamp,
+    ) -> Result<Option<(ApiKey, Option<Timestamp>)>>;
     async fn replace_key(&self, key: &ApiKey, expected: Timestamp) -> Result<bool>;
     /// Replaces the key (new prefix), makes every older secret expire at
     /// `old_valid_until` at the latest, and adds `new_secret`, in one
@@ -76,6 +87,33 @@ pub trait CatalogStore: Send + Sync + 'static {
         new_secret: SecretHash,
         old_valid_until: Timestamp,
     ) -> Result<bool>;
+}
+
+/// One counter's absolute total for a tenant, resource and period.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UsageTotal {
+    pub tenant_id: TenantId,
+    pub resource: Resource,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+    pub used: i64,
+}
+
+/// Durable usage counters.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Writes absolute totals in one statement; a total never goes down, so
+    /// replaying an older flush changes nothing.
+    async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()>;
+    /// The stored total, 0 when none.
+    async fn get_usage(
+        &self,
+        tenant_id: TenantId,
+        resource: &Resource,
+        period_start: Timestamp,
+    ) -> Result<i64>;
+    /// Every counter of a tenant whose period contains `at`.
+    async fn list_usage(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<UsageTotal>>;
 }
 
 /// The credentials that callers of the gRPC API present.

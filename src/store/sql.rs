@@ -12,7 +12,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
-use super::{CatalogStore, CredentialStore, TenantFilter};
+use super::{CatalogStore, CredentialStore, TenantFilter, UsageStore, UsageTotal};
 use crate::domain::{
     Error, Result, Timestamp,
     credential::{Credential, Scope},
@@ -22,7 +22,7 @@ use crate::domain::{
     page::PageRequest,
     plan::{
         BillingInterval, Currency, Plan, PlanSpec, Price, ProductId, ProductMapping, Provider,
-        QuotaReset, Slug,
+        QuotaReset, Resource, Slug,
     },
     secret::SecretHash,
     tenant::{Email, ExternalId, Tenant, TenantProfile, TenantStatus},
@@ -641,28 +641,28 @@ impl CatalogStore for SqlStore {
         .collect()
     }
 
-    async fn find_key_by_secret(
+    async fn find_secret(
         &self,
         secret: SecretHash,
         at: Timestamp,
-    ) -> Result<Option<ApiKey>> {
+    ) -> Result<Option<(ApiKey, Option<Timestamp>)>> {
         let columns = KEY_COLUMNS
             .split(", ")
             .map(|c| format!("k.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        sqlx::query(&format!(
-            "SELECT {columns} FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id \
+        let row = sqlx::query(&format!(
+            "SELECT {columns}, s.expires_at AS secret_expires_at \
+             FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id \
              WHERE s.secret_hash = $1 AND (s.expires_at IS NULL OR s.expires_at > $2)"
         ))
         .bind(secret.to_hex())
         .bind(to_micros(at))
         .fetch_optional(&self.pool)
         .await
-        .map_err(db("finding a key", ""))?
-        .as_ref()
-        .map(key_from_row)
-        .transpose()
+        .map_err(db("finding a key", ""))?;
+        row.map(|r| Ok((key_from_row(&r)?, opt_time(&r, "secret_expires_at")?)))
+            .transpose()
     }
 
     async fn replace_key(&self, key: &ApiKey, expected: Timestamp) -> Result<bool> {
@@ -772,5 +772,103 @@ impl CredentialStore for SqlStore {
         .await
         .map_err(db("counting credentials", ""))?;
         int(&row, "n")
+    }
+}
+
+#[async_trait]
+impl UsageStore for SqlStore {
+    async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()> {
+        // Bounded batches keep the statement under both databases' parameter
+        // limits (SQLite: 32766, PostgreSQL: 65535).
+        for chunk in totals.chunks(1000) {
+            let mut sql = String::from(
+                "INSERT INTO usage_counters \
+                 (tenant_id, resource, period_start, period_end, used, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 6;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+            }
+            let greatest = match self.backend {
+                Backend::Postgres => "GREATEST",
+                Backend::Sqlite => "MAX",
+            };
+            sql.push_str(&format!(
+                " ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+                 used = {greatest}(usage_counters.used, excluded.used), \
+                 updated_at = excluded.updated_at"
+            ));
+            let at = to_micros(crate::domain::now());
+            let mut query = sqlx::query(&sql);
+            for t in chunk {
+                query = query
+                    .bind(t.tenant_id.to_string())
+                    .bind(t.resource.as_str().to_owned())
+                    .bind(to_micros(t.period_start))
+                    .bind(to_micros(t.period_end))
+                    .bind(t.used)
+                    .bind(at);
+            }
+            query
+                .execute(&self.pool)
+                .await
+                .map_err(db("writing usage", ""))?;
+        }
+        Ok(())
+    }
+
+    async fn get_usage(
+        &self,
+        tenant_id: TenantId,
+        resource: &Resource,
+        period_start: Timestamp,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT used FROM usage_counters \
+             WHERE tenant_id = $1 AND resource = $2 AND period_start = $3",
+        )
+        .bind(tenant_id.to_string())
+        .bind(resource.as_str().to_owned())
+        .bind(to_micros(period_start))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading usage", ""))?;
+        row.map(|r| int(&r, "used"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn list_usage(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<UsageTotal>> {
+        sqlx::query(
+            "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
+             WHERE tenant_id = $1 AND period_start <= $2 AND period_end > $2 ORDER BY resource",
+        )
+        .bind(tenant_id.to_string())
+        .bind(to_micros(at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing usage", ""))?
+        .iter()
+        .map(|row| {
+            Ok(UsageTotal {
+                tenant_id: parsed("tenant_id", TenantId::parse("", &text(row, "tenant_id")?))?,
+                resource: parsed("resource", Resource::parse("", &text(row, "resource")?))?,
+                period_start: time(row, "period_start")?,
+                period_end: time(row, "period_end")?,
+                used: int(row, "used")?,
+            })
+        })
+        .collect()
     }
 }

@@ -188,6 +188,10 @@ impl InProcess {
         }
     }
 
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn plans(&self) -> PlansClient<Channel> {
         PlansClient::new(self.channel.clone())
     }

@@ -9,3 +9,4 @@ mod helpers;
 mod readme;
 mod restart;
 mod store;
+mod verify;

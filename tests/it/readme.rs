@@ -62,6 +62,10 @@ fn readme_walkthrough_runs_as_written() {
         "tenant: ten_",
         "tg_live_",
         "KEY_STATUS_REVOKED",
+        "\"code\": \"VALID\"",
+        "\"httpStatus\": 200",
+        "X-RateLimit-Remaining",
+        "\"code\": \"KEY_REVOKED\"",
     ] {
         assert!(
             stdout.contains(expected),

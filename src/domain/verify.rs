@@ -1,0 +1,444 @@
+//! The rules of a verification, free of storage: the answer codes, which
+//! limits apply, the token bucket, quota periods, and the headers a gateway
+//! forwards.
+use std::collections::BTreeMap;
+
+use time::{Date, Month, OffsetDateTime, Time};
+
+use super::{
+    FieldViolation, Timestamp,
+    key::{ApiKey, KeyStatus},
+    plan::{BillingInterval, Overage, Plan, Quota, QuotaReset, RateLimit, Resource},
+    tenant::{Tenant, TenantStatus},
+};
+
+/// Most units one call may cost.
+pub const MAX_UNITS: i64 = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyCode {
+    Valid,
+    KeyNotFound,
+    KeyRevoked,
+    KeyExpired,
+    KeyDisabled,
+    TenantInactive,
+    FeatureNotInPlan,
+    RateLimited,
+    QuotaExceeded,
+}
+
+impl VerifyCode {
+    /// The HTTP status a gateway should answer with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Valid => 200,
+            Self::KeyNotFound | Self::KeyRevoked | Self::KeyExpired | Self::KeyDisabled => 401,
+            Self::TenantInactive => 402,
+            Self::FeatureNotInPlan => 403,
+            Self::RateLimited | Self::QuotaExceeded => 429,
+        }
+    }
+}
+
+/// A parsed Verify request.
+#[derive(Debug, Clone)]
+pub struct VerifyInput {
+    pub secret: String,
+    pub resource: Option<Resource>,
+    /// 0 asks without consuming.
+    pub units: i64,
+    pub required_features: Vec<String>,
+}
+
+impl VerifyInput {
+    pub fn parse(
+        secret: String,
+        resource: &str,
+        units: Option<i64>,
+        required_features: Vec<String>,
+    ) -> Result<Self, Vec<FieldViolation>> {
+        let mut errors = Vec::new();
+        if secret.is_empty() {
+            errors.push(FieldViolation::new("key", "is required"));
+        } else if secret.len() > 256 {
+            errors.push(FieldViolation::new("key", "must be at most 256 characters"));
+        }
+        let resource = if resource.is_empty() {
+            None
+        } else {
+            Resource::parse("resource", resource)
+                .map_err(|e| errors.push(e))
+                .ok()
+        };
+        let units = units.unwrap_or(1);
+        if !(0..=MAX_UNITS).contains(&units) {
+            errors.push(FieldViolation::new(
+                "units",
+                format!("must be between 0 and {MAX_UNITS}"),
+            ));
+        }
+        if required_features.len() > 100 {
+            errors.push(FieldViolation::new(
+                "required_features",
+                "must have at most 100 entries",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(Self {
+                secret,
+                resource,
+                units,
+                required_features,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The first key-or-tenant check that fails, in the order the contract gives.
+pub fn gate(key: &ApiKey, tenant: &Tenant, at: Timestamp) -> Option<VerifyCode> {
+    match key.status(at) {
+        KeyStatus::Revoked => return Some(VerifyCode::KeyRevoked),
+        KeyStatus::Expired => return Some(VerifyCode::KeyExpired),
+        KeyStatus::Active => {}
+    }
+    if key.settings.disabled {
+        return Some(VerifyCode::KeyDisabled);
+    }
+    if !tenant_active(tenant, at) {
+        return Some(VerifyCode::TenantInactive);
+    }
+    None
+}
+
+/// Whether a tenant's customers may use the API at `at`.
+pub fn tenant_active(tenant: &Tenant, at: Timestamp) -> bool {
+    match tenant.status {
+        TenantStatus::Active | TenantStatus::PastDue => true,
+        TenantStatus::Trialing => tenant.trial_end.is_none_or(|end| at < end),
+        // Access after cancellation lasts until the paid period ends; with no
+        // period known, it has ended.
+        TenantStatus::Canceled | TenantStatus::Revoked => false,
+    }
+}
+
+/// Whether the plan has every required feature.
+pub fn has_features(plan: &Plan, required: &[String]) -> bool {
+    required
+        .iter()
+        .all(|r| plan.spec.features.iter().any(|f| f.as_str() == r))
+}
+
+/// The rate limit in force: the key's override, else the plan's; and the
+/// bucket it fills (the key's own, or the tenant's shared one).
+pub fn rate_limit_for(key: &ApiKey, plan: &Plan) -> (RateLimit, String) {
+    match key.settings.rate_limit_override {
+        Some(limit) => (limit, format!("k:{}", key.id)),
+        None => (plan.spec.rate_limit, format!("t:{}", key.tenant_id)),
+    }
+}
+
+/// The quota on `resource` in force: the key's override, else the plan's.
+pub fn quota_for<'a>(key: &'a ApiKey, plan: &'a Plan, resource: &Resource) -> Option<&'a Quota> {
+    key.settings
+        .quota_overrides
+        .iter()
+        .chain(plan.spec.quotas.iter())
+        .find(|q| &q.resource == resource)
+}
+
+/// A token bucket's state: `tokens` as of `at_micros`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub tokens: f64,
+    pub at_micros: i64,
+}
+
+/// The bucket's answer to one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketOutcome {
+    pub allowed: bool,
+    /// Tokens left after the call.
+    pub tokens: f64,
+    /// Microseconds until the call would be admitted (0 when it was).
+    pub retry_after_micros: i64,
+    /// Microseconds until the bucket is full again.
+    pub full_in_micros: i64,
+}
+
+/// Refills the bucket to `now` and tries to take `units` (a 0-unit call asks
+/// for 1 but takes nothing). Returns the new state and the outcome; when
+/// denied, the state is only refilled.
+pub fn take_tokens(
+    state: Option<Bucket>,
+    limit: RateLimit,
+    units: i64,
+    now_micros: i64,
+) -> (Bucket, BucketOutcome) {
+    let capacity = limit.burst as f64;
+    let per_micro = limit.requests_per_minute as f64 / 60_000_000.0;
+    let tokens = match state {
+        None => capacity,
+        Some(b) => {
+            let elapsed = (now_micros - b.at_micros).max(0) as f64;
+            (b.tokens + elapsed * per_micro).min(capacity)
+        }
+    };
+    let need = units.max(1) as f64;
+    let allowed = tokens >= need;
+    let left = if allowed && units > 0 {
+        tokens - units as f64
+    } else {
+        tokens
+    };
+    let retry_after_micros = if allowed {
+        0
+    } else {
+        ((need - tokens) / per_micro).ceil() as i64
+    };
+    let full_in_micros = ((capacity - left) / per_micro).ceil() as i64;
+    (
+        Bucket {
+            tokens: left,
+            at_micros: now_micros,
+        },
+        BucketOutcome {
+            allowed,
+            tokens: left,
+            retry_after_micros,
+            full_in_micros,
+        },
+    )
+}
+
+/// A quota period: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Period {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// The quota period containing `at`. Calendar periods start on the reset day
+/// at 00:00 UTC; billing periods run from `anchor` (the tenant's billing
+/// start) in steps of the plan's interval.
+pub fn quota_period(
+    reset: QuotaReset,
+    interval: BillingInterval,
+    anchor: Timestamp,
+    at: Timestamp,
+) -> Period {
+    match reset {
+        QuotaReset::CalendarMonth { day } => {
+            let this = at_day(at.year(), at.month(), day);
+            let start = if this <= at {
+                this
+            } else {
+                add_months(this, -1, day)
+            };
+            Period {
+                start,
+                end: add_months(start, 1, day),
+            }
+        }
+        QuotaReset::BillingPeriod => {
+            let step = match interval {
+                BillingInterval::Month => 1,
+                BillingInterval::Year => 12,
+            };
+            let day = anchor.day();
+            let months = (at.year() - anchor.year()) * 12
+                + (i32::from(u8::from(at.month())) - i32::from(u8::from(anchor.month())));
+            let mut n = months.div_euclid(step) * step;
+            // Step back or forward until the period contains `at`.
+            while add_months(anchor, n, day) > at {
+                n -= step;
+            }
+            while add_months(anchor, n + step, day) <= at {
+                n += step;
+            }
+            Period {
+                start: add_months(anchor, n, day),
+                end: add_months(anchor, n + step, day),
+            }
+        }
+    }
+}
+
+fn at_day(year: i32, month: Month, day: u8) -> Timestamp {
+    let day = day.min(time::util::days_in_month(month, year));
+    Date::from_calendar_date(year, month, day)
+        .expect("day clamped to the month")
+        .with_time(Time::MIDNIGHT)
+        .assume_utc()
+}
+
+/// `t` moved by `n` months, on `day` (clamped to the month's length), keeping
+/// the time of day.
+fn add_months(t: Timestamp, n: i32, day: u8) -> Timestamp {
+    let index = t.year() * 12 + i32::from(u8::from(t.month())) - 1 + n;
+    let (year, month0) = (index.div_euclid(12), index.rem_euclid(12));
+    let month = Month::try_from(month0 as u8 + 1).expect("1..=12");
+    let date = at_day(year, month, day);
+    OffsetDateTime::new_utc(date.date(), t.time())
+}
+
+/// Quota state after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaOutcome {
+    pub allowed: bool,
+    pub used: i64,
+}
+
+/// Whether `units` more fit: under a hard cap they must stay within the
+/// included units; billed overage and unmetered resources always fit.
+pub fn quota_allows(quota: Option<&Quota>, used: i64, units: i64) -> bool {
+    match quota {
+        Some(Quota {
+            included_units,
+            overage: Overage::HardCap,
+            ..
+        }) => used + units.max(1) <= *included_units,
+        _ => true,
+    }
+}
+
+/// The headers a gateway forwards with its answer.
+pub fn headers(
+    code: VerifyCode,
+    rate: Option<(RateLimit, BucketOutcome)>,
+    quota: Option<(i64, i64, Period)>,
+    now: Timestamp,
+) -> BTreeMap<String, String> {
+    let mut h = BTreeMap::new();
+    let now_s = now.unix_timestamp();
+    let mut policies = Vec::new();
+    let mut states = Vec::new();
+    if let Some((limit, outcome)) = rate {
+        let remaining = outcome.tokens.floor() as i64;
+        let full_s = (outcome.full_in_micros + 999_999) / 1_000_000;
+        // The window in which an empty bucket fills up again.
+        let window = ((limit.burst as f64) * 60.0 / limit.requests_per_minute as f64).ceil() as i64;
+        h.insert("X-RateLimit-Limit".into(), limit.burst.to_string());
+        h.insert("X-RateLimit-Remaining".into(), remaining.to_string());
+        h.insert("X-RateLimit-Reset".into(), (now_s + full_s).to_string());
+        policies.push(format!("\"burst\";q={};w={}", limit.burst, window.max(1)));
+        states.push(format!("\"burst\";r={remaining};t={full_s}"));
+        if code == VerifyCode::RateLimited {
+            let retry = (outcome.retry_after_micros + 999_999) / 1_000_000;
+            h.insert("Retry-After".into(), retry.max(1).to_string());
+        }
+    }
+    if let Some((limit, used, period)) = quota {
+        let remaining = (limit - used).max(0);
+        let reset = period.end.unix_timestamp();
+        h.insert("X-Quota-Limit".into(), limit.to_string());
+        h.insert("X-Quota-Remaining".into(), remaining.to_string());
+        h.insert("X-Quota-Reset".into(), reset.to_string());
+        let window = (period.end - period.start).whole_seconds();
+        policies.push(format!("\"quota\";q={limit};w={window}"));
+        states.push(format!(
+            "\"quota\";r={remaining};t={}",
+            (reset - now_s).max(0)
+        ));
+        if code == VerifyCode::QuotaExceeded {
+            h.insert("Retry-After".into(), (reset - now_s).max(1).to_string());
+        }
+    }
+    if !policies.is_empty() {
+        h.insert("RateLimit-Policy".into(), policies.join(", "));
+        h.insert("RateLimit".into(), states.join(", "));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn limit(rpm: i64, burst: i64) -> RateLimit {
+        RateLimit {
+            requests_per_minute: rpm,
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let l = limit(60, 10);
+        let mut state = None;
+        let mut allowed = 0;
+        for _ in 0..20 {
+            let (s, o) = take_tokens(state, l, 1, 0);
+            state = Some(s);
+            allowed += usize::from(o.allowed);
+        }
+        assert_eq!(allowed, 10);
+        let (_, o) = take_tokens(state, l, 1, 0);
+        assert!(!o.allowed);
+        assert_eq!(o.retry_after_micros, 1_000_000);
+        let (s, o) = take_tokens(state, l, 1, 999_000);
+        assert!(!o.allowed, "not yet a whole token");
+        let (_, o) = take_tokens(Some(s), l, 1, 1_000_000);
+        assert!(o.allowed, "one token a second");
+    }
+
+    #[test]
+    fn units_take_that_many_tokens_and_denials_take_none() {
+        let l = limit(60, 10);
+        let (s, o) = take_tokens(None, l, 5, 0);
+        assert!(o.allowed);
+        assert_eq!(s.tokens, 5.0);
+        let (s, o) = take_tokens(Some(s), l, 6, 0);
+        assert!(!o.allowed);
+        assert_eq!(s.tokens, 5.0, "a denied call leaves the tokens");
+        let (s, o) = take_tokens(Some(s), l, 0, 0);
+        assert!(o.allowed);
+        assert_eq!(s.tokens, 5.0, "0 units only ask");
+    }
+
+    #[test]
+    fn calendar_periods_start_on_the_reset_day() {
+        let reset = QuotaReset::CalendarMonth { day: 15 };
+        let p = quota_period(
+            reset,
+            BillingInterval::Month,
+            datetime!(2026-01-01 0:00 UTC),
+            datetime!(2026-11-23 10:00 UTC),
+        );
+        assert_eq!(p.start, datetime!(2026-11-15 0:00 UTC));
+        assert_eq!(p.end, datetime!(2026-12-15 0:00 UTC));
+        let p = quota_period(
+            reset,
+            BillingInterval::Month,
+            datetime!(2026-01-01 0:00 UTC),
+            datetime!(2026-01-03 10:00 UTC),
+        );
+        assert_eq!(p.start, datetime!(2025-12-15 0:00 UTC));
+        assert_eq!(p.end, datetime!(2026-01-15 0:00 UTC));
+    }
+
+    #[test]
+    fn billing_periods_step_from_the_anchor() {
+        let anchor = datetime!(2026-01-31 12:00 UTC);
+        let p = quota_period(
+            QuotaReset::BillingPeriod,
+            BillingInterval::Month,
+            anchor,
+            datetime!(2026-03-05 0:00 UTC),
+        );
+        assert_eq!(p.start, datetime!(2026-02-28 12:00 UTC));
+        assert_eq!(p.end, datetime!(2026-03-31 12:00 UTC));
+        let p = quota_period(
+            QuotaReset::BillingPeriod,
+            BillingInterval::Year,
+            anchor,
+            datetime!(2027-06-01 0:00 UTC),
+        );
+        assert_eq!(p.start, datetime!(2027-01-31 12:00 UTC));
+        assert_eq!(p.end, datetime!(2028-01-31 12:00 UTC));
+    }
+}

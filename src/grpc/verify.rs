@@ -1,0 +1,88 @@
+//! `tollgate.v1.Verify`: the hot path. Denials are answers, not errors.
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::timestamp,
+    pb::{self, verify_server},
+};
+use crate::{
+    domain::{
+        Error,
+        verify::{VerifyCode, VerifyInput, headers},
+    },
+    verifier::{Verdict, Verifier},
+};
+
+pub struct VerifyService {
+    verifier: std::sync::Arc<Verifier>,
+}
+
+impl VerifyService {
+    pub fn new(verifier: std::sync::Arc<Verifier>) -> Self {
+        Self { verifier }
+    }
+}
+
+fn code_to_pb(code: VerifyCode) -> pb::VerifyCode {
+    match code {
+        VerifyCode::Valid => pb::VerifyCode::Valid,
+        VerifyCode::KeyNotFound => pb::VerifyCode::KeyNotFound,
+        VerifyCode::KeyRevoked => pb::VerifyCode::KeyRevoked,
+        VerifyCode::KeyExpired => pb::VerifyCode::KeyExpired,
+        VerifyCode::KeyDisabled => pb::VerifyCode::KeyDisabled,
+        VerifyCode::TenantInactive => pb::VerifyCode::TenantInactive,
+        VerifyCode::FeatureNotInPlan => pb::VerifyCode::FeatureNotInPlan,
+        VerifyCode::RateLimited => pb::VerifyCode::RateLimited,
+        VerifyCode::QuotaExceeded => pb::VerifyCode::QuotaExceeded,
+    }
+}
+
+fn verdict_to_pb(v: Verdict) -> pb::VerifyResponse {
+    let at_micros = crate::domain::to_micros(v.at);
+    let in_micros = |m: i64| crate::domain::from_micros(at_micros + m).map(timestamp);
+    let headers = headers(
+        v.code,
+        v.rate,
+        v.quota.as_ref().map(|q| (q.limit, q.used, q.period)),
+        v.at,
+    );
+    pb::VerifyResponse {
+        valid: v.code == VerifyCode::Valid,
+        code: code_to_pb(v.code) as i32,
+        key_id: v.key_id.map(|k| k.to_string()).unwrap_or_default(),
+        tenant_id: v.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+        external_id: v.external_id.unwrap_or_default(),
+        plan_slug: v.plan_slug.unwrap_or_default(),
+        features: v.features,
+        rate_limit: v.rate.map(|(limit, b)| pb::RateLimitStatus {
+            limit: limit.burst,
+            remaining: b.tokens.floor() as i64,
+            reset_at: in_micros(b.full_in_micros),
+            retry_after_ms: (b.retry_after_micros + 999) / 1000,
+        }),
+        quota: v.quota.map(|q| pb::QuotaStatus {
+            overage_units: q.overage(),
+            resource: q.resource,
+            limit: q.limit,
+            used: q.used,
+            remaining: (q.limit - q.used).max(0),
+            reset_at: Some(timestamp(q.period.end)),
+        }),
+        http_status: i32::from(v.code.http_status()),
+        headers: headers.into_iter().collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl verify_server::Verify for VerifyService {
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let req = req.into_inner();
+        let input = VerifyInput::parse(req.key, &req.resource, req.units, req.required_features)
+            .map_err(Error::InvalidArgument)?;
+        let verdict = self.verifier.verify(&input).await?;
+        Ok(Response::new(verdict_to_pb(verdict)))
+    }
+}

@@ -1,0 +1,158 @@
+//! The in-process limiter of the embedded default: one mutex over buckets and
+//! counters makes check-and-consume atomic; counters start from the durable
+//! total and are flushed back to it.
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use super::{Admission, Admitted, Decision, Limiter, UsageKey};
+use crate::{
+    domain::{
+        Result, Timestamp, now, to_micros,
+        verify::{Bucket, take_tokens},
+    },
+    store::{UsageStore, UsageTotal},
+};
+
+struct Counter {
+    used: i64,
+    /// The total durable storage holds (as far as we know).
+    flushed: i64,
+}
+
+#[derive(Default)]
+struct State {
+    buckets: HashMap<String, Bucket>,
+    counters: HashMap<UsageKey, Counter>,
+}
+
+pub struct LocalLimiter {
+    state: Mutex<State>,
+    usage: Arc<dyn UsageStore>,
+}
+
+impl LocalLimiter {
+    pub fn new(usage: Arc<dyn UsageStore>) -> Self {
+        Self {
+            state: Mutex::default(),
+            usage,
+        }
+    }
+}
+
+#[async_trait]
+impl Limiter for LocalLimiter {
+    async fn admit(&self, a: &Admission, at: Timestamp) -> Result<Admitted> {
+        if let Some(q) = &a.quota {
+            let known = self.state.lock().await.counters.contains_key(&q.key);
+            if !known {
+                // A counter starts from what durable storage holds, so a
+                // restart never starts a period again from zero.
+                let stored = self
+                    .usage
+                    .get_usage(q.key.tenant_id, &q.key.resource, q.key.period.start)
+                    .await?;
+                self.state
+                    .lock()
+                    .await
+                    .counters
+                    .entry(q.key.clone())
+                    .or_insert(Counter {
+                        used: stored,
+                        flushed: stored,
+                    });
+            }
+        }
+        let mut state = self.state.lock().await;
+        let (taken, bucket) = take_tokens(
+            state.buckets.get(&a.bucket).copied(),
+            a.rate,
+            a.units,
+            to_micros(at),
+        );
+        if !bucket.allowed {
+            return Ok(Admitted {
+                decision: Decision::RateLimited,
+                bucket,
+                used: a
+                    .quota
+                    .as_ref()
+                    .and_then(|q| state.counters.get(&q.key))
+                    .map(|c| c.used),
+            });
+        }
+        let used = match &a.quota {
+            None => None,
+            Some(q) => {
+                let counter = state.counters.get_mut(&q.key).expect("loaded above");
+                if q.hard_cap
+                    .is_some_and(|cap| counter.used + a.units.max(1) > cap)
+                {
+                    let used = counter.used;
+                    // Nothing consumed: the bucket keeps its tokens.
+                    let (_, untouched) = take_tokens(
+                        state.buckets.get(&a.bucket).copied(),
+                        a.rate,
+                        0,
+                        to_micros(at),
+                    );
+                    return Ok(Admitted {
+                        decision: Decision::QuotaExceeded,
+                        bucket: untouched,
+                        used: Some(used),
+                    });
+                }
+                counter.used += a.units;
+                Some(counter.used)
+            }
+        };
+        state.buckets.insert(a.bucket.clone(), taken);
+        Ok(Admitted {
+            decision: Decision::Admitted,
+            bucket,
+            used,
+        })
+    }
+
+    async fn flush(&self) -> Result<usize> {
+        let pending: Vec<UsageTotal> = {
+            let state = self.state.lock().await;
+            state
+                .counters
+                .iter()
+                .filter(|(_, c)| c.used > c.flushed)
+                .map(|(k, c)| UsageTotal {
+                    tenant_id: k.tenant_id,
+                    resource: k.resource.clone(),
+                    period_start: k.period.start,
+                    period_end: k.period.end,
+                    used: c.used,
+                })
+                .collect()
+        };
+        if !pending.is_empty() {
+            self.usage.upsert_usage(&pending).await?;
+        }
+        let at = now();
+        let mut state = self.state.lock().await;
+        for total in &pending {
+            let key = UsageKey {
+                tenant_id: total.tenant_id,
+                resource: total.resource.clone(),
+                period: crate::domain::verify::Period {
+                    start: total.period_start,
+                    end: total.period_end,
+                },
+            };
+            if let Some(c) = state.counters.get_mut(&key) {
+                c.flushed = c.flushed.max(total.used);
+            }
+        }
+        // Counters of ended periods, once durable, are no longer needed.
+        state
+            .counters
+            .retain(|k, c| k.period.end > at || c.used > c.flushed);
+        Ok(pending.len())
+    }
+}
