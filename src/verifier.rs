@@ -13,12 +13,12 @@ use crate::{
         ids::{KeyId, TenantId},
         key::ApiKey,
         now,
-        plan::{Overage, Plan, RateLimit},
+        plan::{Plan, RateLimit},
         secret::SecretHash,
         tenant::Tenant,
         verify::{
-            BucketOutcome, Period, VerifyCode, VerifyInput, gate, has_features, quota_for,
-            quota_period, rate_limit_for,
+            BucketOutcome, Period, VerifyCode, VerifyInput, gate, hard_cap, has_features,
+            quota_for, quota_period, rate_limit_for,
         },
     },
     limiter::{Admission, Decision, Limiter, QuotaCharge, UsageKey},
@@ -209,10 +209,6 @@ impl Verifier {
                 e.tenant.created_at,
                 at,
             );
-            let hard_cap = q.and_then(|q| match q.overage {
-                Overage::HardCap => Some(q.included_units),
-                Overage::Billed { .. } => None,
-            });
             (
                 QuotaCharge {
                     key: UsageKey {
@@ -220,7 +216,7 @@ impl Verifier {
                         resource: resource.clone(),
                         period,
                     },
-                    hard_cap,
+                    hard_cap: q.and_then(hard_cap),
                 },
                 q.map_or(0, |q| q.included_units),
             )

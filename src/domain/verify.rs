@@ -284,24 +284,19 @@ fn add_months(t: Timestamp, n: i32, day: u8) -> Timestamp {
     OffsetDateTime::new_utc(date.date(), t.time())
 }
 
-/// Quota state after a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaOutcome {
-    pub allowed: bool,
-    pub used: i64,
+/// The most units a period may use under `quota`: its included units under
+/// a hard cap, `None` when overage is billed.
+pub fn hard_cap(quota: &Quota) -> Option<i64> {
+    match quota.overage {
+        Overage::HardCap => Some(quota.included_units),
+        Overage::Billed { .. } => None,
+    }
 }
 
-/// Whether `units` more fit: under a hard cap they must stay within the
-/// included units; billed overage and unmetered resources always fit.
-pub fn quota_allows(quota: Option<&Quota>, used: i64, units: i64) -> bool {
-    match quota {
-        Some(Quota {
-            included_units,
-            overage: Overage::HardCap,
-            ..
-        }) => used + units.max(1) <= *included_units,
-        _ => true,
-    }
+/// Whether `units` more fit under `hard_cap` (a 0-unit call asks for 1);
+/// without a cap everything fits.
+pub fn fits(hard_cap: Option<i64>, used: i64, units: i64) -> bool {
+    hard_cap.is_none_or(|cap| used + units.max(1) <= cap)
 }
 
 /// The headers a gateway forwards with its answer.

@@ -10,7 +10,7 @@ use super::{Admission, Admitted, Decision, Limiter, UsageKey};
 use crate::{
     domain::{
         Result, Timestamp, now, to_micros,
-        verify::{Bucket, take_tokens},
+        verify::{Bucket, fits, take_tokens},
     },
     store::{UsageStore, UsageTotal},
 };
@@ -86,9 +86,7 @@ impl Limiter for LocalLimiter {
             None => None,
             Some(q) => {
                 let counter = state.counters.get_mut(&q.key).expect("loaded above");
-                if q.hard_cap
-                    .is_some_and(|cap| counter.used + a.units.max(1) > cap)
-                {
+                if !fits(q.hard_cap, counter.used, a.units) {
                     let used = counter.used;
                     // Nothing consumed: the bucket keeps its tokens.
                     let (_, untouched) = take_tokens(
