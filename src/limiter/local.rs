@@ -114,37 +114,34 @@ impl Limiter for LocalLimiter {
     }
 
     async fn flush(&self) -> Result<usize> {
-        let pending: Vec<UsageTotal> = {
+        // Snapshot the counters that moved, keyed as they are held.
+        let pending: Vec<(UsageKey, i64)> = {
             let state = self.state.lock().await;
             state
                 .counters
                 .iter()
                 .filter(|(_, c)| c.used > c.flushed)
-                .map(|(k, c)| UsageTotal {
+                .map(|(k, c)| (k.clone(), c.used))
+                .collect()
+        };
+        if !pending.is_empty() {
+            let totals: Vec<UsageTotal> = pending
+                .iter()
+                .map(|(k, used)| UsageTotal {
                     tenant_id: k.tenant_id,
                     resource: k.resource.clone(),
                     period_start: k.period.start,
                     period_end: k.period.end,
-                    used: c.used,
+                    used: *used,
                 })
-                .collect()
-        };
-        if !pending.is_empty() {
-            self.usage.upsert_usage(&pending).await?;
+                .collect();
+            self.usage.upsert_usage(&totals).await?;
         }
         let at = now();
         let mut state = self.state.lock().await;
-        for total in &pending {
-            let key = UsageKey {
-                tenant_id: total.tenant_id,
-                resource: total.resource.clone(),
-                period: crate::domain::verify::Period {
-                    start: total.period_start,
-                    end: total.period_end,
-                },
-            };
-            if let Some(c) = state.counters.get_mut(&key) {
-                c.flushed = c.flushed.max(total.used);
+        for (key, used) in &pending {
+            if let Some(c) = state.counters.get_mut(key) {
+                c.flushed = c.flushed.max(*used);
             }
         }
         // Counters of ended periods, once durable, are no longer needed.
