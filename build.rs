@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Maps as BTreeMap: Verify's headers (a handful of entries on every call)
+    // encode and decode without hashing, in a stable order.
+    config.btree_map([".tollgate.v1.VerifyResponse.headers"]);
     tonic_prost_build::configure()
         .build_client(true)
         .file_descriptor_set_path(out.join("tollgate_descriptor.bin"))

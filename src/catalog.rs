@@ -380,6 +380,8 @@ impl Catalog {
             revoked_at: None,
         };
         self.store.create_key(&key, secret.hash()).await?;
+        // Caches that remember unknown secrets must not outlive a new one.
+        self.announce(Change::Key(key.id));
         Ok(IssuedKey { key, secret })
     }
 
@@ -559,9 +561,10 @@ where
     for _ in 0..MAX_ATTEMPTS {
         let current = load().await?.ok_or_else(|| Error::not_found(kind, id))?;
         let mut next = current.clone();
-        change(&mut next)?;
         let expected = stamp(&current);
+        // Stamped first, so a change can record when it happened (revoked_at).
         set_stamp(&mut next, next_stamp(expected));
+        change(&mut next)?;
         if store(&next, expected).await? {
             return Ok(next);
         }

@@ -47,6 +47,9 @@ enum Command {
         /// Log format: pretty or json.
         #[arg(long, value_parser = parse_log_format)]
         log_format: Option<LogFormat>,
+        /// redis://… to share limits between replicas; omit for in-process.
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -88,7 +91,18 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // TOLLGATE_WORKER_THREADS sizes the runtime (default: one per core); read
+    // here because the runtime exists before the configuration is loaded.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = std::env::var("TOLLGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -110,9 +124,15 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         ..Overrides::default()
     };
-    if let Command::Serve { listen, log_format } = &cli.command {
+    if let Command::Serve {
+        listen,
+        log_format,
+        redis_url,
+    } = &cli.command
+    {
         overrides.listen = listen.clone();
         overrides.log_format = *log_format;
+        overrides.redis_url = redis_url.clone();
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     match cli.command {

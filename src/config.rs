@@ -24,6 +24,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What Verify does when Redis does not answer within `redis_timeout_millis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFailure {
+    /// Answer `UNAVAILABLE`.
+    Closed,
+    /// Admit on an in-process bucket; usage is counted and added to Redis
+    /// once it is back.
+    Open,
+}
+
 #[derive(Clone, Deserialize)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -36,6 +47,11 @@ pub struct Config {
     pub credential_cache_seconds: u64,
     pub key_cache_seconds: u64,
     pub usage_flush_millis: u64,
+    pub usage_sweep_seconds: u64,
+    pub redis_url: String,
+    pub redis_key_prefix: String,
+    pub redis_timeout_millis: u64,
+    pub redis_failure: RedisFailure,
     pub shutdown_grace_seconds: u64,
     pub admin_token: String,
 }
@@ -49,6 +65,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
 }
@@ -83,6 +101,34 @@ impl Config {
         }
         if self.usage_flush_millis == 0 {
             bail!("usage_flush_millis must be at least 1");
+        }
+        if self.usage_sweep_seconds == 0 {
+            bail!("usage_sweep_seconds must be at least 1");
+        }
+        if !self.redis_url.is_empty() {
+            if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://"))
+            {
+                bail!(
+                    "redis_url must start with redis:// or rediss://, or be empty for the in-process limiter"
+                );
+            }
+            if self.database_url.is_empty() {
+                bail!(
+                    "redis_url needs database_url: replicas sharing Redis must share a PostgreSQL database"
+                );
+            }
+        }
+        let prefix = &self.redis_key_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            bail!("redis_key_prefix must be 1 to 64 letters, digits, '_', '-', '.' or ':'");
+        }
+        if !(1..=10_000).contains(&self.redis_timeout_millis) {
+            bail!("redis_timeout_millis must be between 1 and 10000");
         }
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
@@ -129,6 +175,10 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("log_filter", &self.log_filter)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("redis", &(!self.redis_url.is_empty()).then_some("<set>"))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout_millis", &self.redis_timeout_millis)
+            .field("redis_failure", &self.redis_failure)
             .field(
                 "admin_token",
                 &(!self.admin_token.is_empty()).then_some("<set>"),

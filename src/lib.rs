@@ -9,6 +9,8 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod limiter;
+pub mod metering;
+pub mod replicas;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -29,7 +29,13 @@ use crate::{
         plans::PlansService,
         verify::VerifyService,
     },
-    limiter::{Limiter, local::LocalLimiter},
+    limiter::{
+        Limiter,
+        local::LocalLimiter,
+        shared::{RedisLimiter, RedisSettings},
+    },
+    metering::Metering,
+    replicas::{self, ChangeBus},
     store::{CredentialStore, sql::SqlStore},
     verifier::{EntitlementCache, Verifier},
 };
@@ -66,10 +72,39 @@ pub async fn seed_admin(config: &Config, store: &dyn CredentialStore) -> anyhow:
     Ok(())
 }
 
+/// The connections to a shared Redis: one multiplexed connection for the
+/// Verify path (a pool's few connections would serialize it) and a pool for
+/// everything else.
+struct SharedRedis {
+    client: redis::Client,
+    hot: redis::aio::ConnectionManager,
+    pool: deadpool_redis::Pool,
+}
+
+async fn connect_redis(config: &Config) -> anyhow::Result<SharedRedis> {
+    let budget = Duration::from_millis(config.redis_timeout_millis);
+    let client = redis::Client::open(config.redis_url.as_str()).context("parsing redis_url")?;
+    let hot = redis::aio::ConnectionManager::new_with_config(
+        client.clone(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(budget.max(Duration::from_secs(1)))
+            .set_response_timeout(budget)
+            .set_number_of_retries(1)
+            .set_max_delay(1000),
+    )
+    .await
+    .context("connecting to Redis (redis_url)")?;
+    let pool = deadpool_redis::Config::from_url(config.redis_url.as_str())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("creating the Redis pool")?;
+    Ok(SharedRedis { client, hot, pool })
+}
+
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     store: SqlStore,
+    redis: Option<SharedRedis>,
     config: Config,
 }
 
@@ -79,6 +114,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
         seed_admin(&config, &store).await?;
+        let redis = if config.redis_url.is_empty() {
+            None
+        } else {
+            Some(connect_redis(&config).await?)
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -87,6 +127,7 @@ impl Application {
             listener,
             local_addr,
             store,
+            redis,
             config,
         })
     }
@@ -105,8 +146,32 @@ impl Application {
         let cache = Arc::new(EntitlementCache::new(Duration::from_secs(
             self.config.key_cache_seconds,
         )));
-        let catalog = Catalog::new(store.clone()).with_listener(cache.clone());
-        let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(store.clone()));
+        let mut catalog = Catalog::new(store.clone()).with_listener(cache.clone());
+        let mut follower = None;
+        let limiter: Arc<dyn Limiter> = match self.redis {
+            None => Arc::new(LocalLimiter::new(store.clone())),
+            Some(redis) => {
+                let prefix = self.config.redis_key_prefix.clone();
+                catalog =
+                    catalog.with_listener(Arc::new(ChangeBus::new(redis.hot.clone(), &prefix)));
+                follower = Some(tokio::spawn(replicas::follow(
+                    redis.client,
+                    prefix.clone(),
+                    cache.clone(),
+                )));
+                Arc::new(RedisLimiter::new(
+                    redis.hot,
+                    redis.pool,
+                    store.clone(),
+                    RedisSettings {
+                        prefix,
+                        budget: Duration::from_millis(self.config.redis_timeout_millis),
+                        failure: self.config.redis_failure,
+                        sweep_every: Duration::from_secs(self.config.usage_sweep_seconds),
+                    },
+                ))
+            }
+        };
         let verifier = Arc::new(Verifier::new(store.clone(), cache, limiter.clone()));
         let flusher = tokio::spawn(flush_every(
             limiter.clone(),
@@ -164,10 +229,13 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(PlansServer::new(PlansService::new(catalog.clone())))
-            .add_service(BillingServer::new(BillingService::new(catalog.clone())))
+            .add_service(BillingServer::new(BillingService::new(
+                catalog.clone(),
+                Metering::new(catalog.clone(), store.clone(), limiter.clone()),
+            )))
             .add_service(KeysServer::new(KeysService::new(catalog)))
             .add_service(VerifyServer::new(VerifyService::new(verifier)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+            .serve_with_incoming_shutdown(incoming(self.listener), signal);
 
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
         let deadline = async move {
@@ -179,6 +247,9 @@ impl Application {
             () = deadline => tracing::warn!("grace period over; cutting off calls still running"),
         }
         flusher.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         // Usage admitted until the end is written before the store closes.
         if let Err(error) = limiter.flush().await {
             tracing::error!(%error, "final usage flush failed");
@@ -187,6 +258,20 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: a response written in
+/// two parts (headers, then trailers) would otherwise wait for the client's
+/// delayed ACK, some 40 ms.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Writes admitted usage to the database every `interval`.

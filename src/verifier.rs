@@ -17,8 +17,8 @@ use crate::{
         secret::SecretHash,
         tenant::Tenant,
         verify::{
-            BucketOutcome, Period, VerifyCode, VerifyInput, gate, hard_cap, has_features,
-            quota_for, quota_period, rate_limit_for,
+            BucketOutcome, Period, VerifyCode, VerifyInput, billed_overage, gate, hard_cap,
+            has_features, quota_for, rate_limit_for, tenant_period,
         },
     },
     limiter::{Admission, Decision, Limiter, QuotaCharge, UsageKey},
@@ -26,14 +26,21 @@ use crate::{
 };
 
 /// Everything a verification needs about a secret, loaded together.
-#[derive(Clone)]
 struct Entitlement {
     key: ApiKey,
     /// When this secret stops verifying (a rotated-out secret's grace end).
     secret_until: Option<Timestamp>,
     tenant: Tenant,
     plan: Plan,
+}
+
+struct Entry {
+    /// `None`: no key has this secret (remembered too, so a flood of made-up
+    /// secrets does not become a flood of SQL).
+    entitlement: Option<Arc<Entitlement>>,
     loaded: Instant,
+    /// A caller is reloading this expired entry; the others keep using it.
+    refreshing: bool,
 }
 
 const MAX_ENTRIES: usize = 100_000;
@@ -41,7 +48,7 @@ const MAX_ENTRIES: usize = 100_000;
 /// Entitlements by secret hash, forgotten on change or after `ttl`.
 pub struct EntitlementCache {
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], Entitlement>>,
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
 impl EntitlementCache {
@@ -52,30 +59,58 @@ impl EntitlementCache {
         }
     }
 
-    fn get(&self, hash: &SecretHash) -> Option<Entitlement> {
-        let entries = self.entries.lock().expect("cache lock");
-        entries
-            .get(hash.as_bytes())
-            .filter(|e| e.loaded.elapsed() < self.ttl)
-            .cloned()
+    /// A fresh entry; or, for an expired one, `None` to the first caller
+    /// (who reloads it) and the expired entry to everyone else meanwhile, so
+    /// an expiry under load costs one reload rather than one per call in
+    /// flight. The TTL is only the backstop: changes remove entries at once.
+    fn get(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
+        let mut entries = self.entries.lock().expect("cache lock");
+        let entry = entries.get_mut(hash.as_bytes())?;
+        let age = entry.loaded.elapsed();
+        if age < self.ttl || (entry.refreshing && age < self.ttl * 2) {
+            return Some(entry.entitlement.clone());
+        }
+        entry.refreshing = true;
+        None
     }
 
-    fn put(&self, hash: &SecretHash, entry: Entitlement) {
+    fn put(&self, hash: &SecretHash, entitlement: Option<Arc<Entitlement>>) {
         let mut entries = self.entries.lock().expect("cache lock");
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(*hash.as_bytes(), entry);
+        entries.insert(
+            *hash.as_bytes(),
+            Entry {
+                entitlement,
+                loaded: Instant::now(),
+                refreshing: false,
+            },
+        );
+    }
+}
+
+impl EntitlementCache {
+    /// Forgets everything (after changes may have been missed).
+    pub fn clear(&self) {
+        self.entries.lock().expect("cache lock").clear();
     }
 }
 
 impl ChangeListener for EntitlementCache {
     fn changed(&self, change: Change) {
         let mut entries = self.entries.lock().expect("cache lock");
-        entries.retain(|_, e| match change {
-            Change::Key(id) => e.key.id != id,
-            Change::Tenant(id) => e.tenant.id != id,
-            Change::Plan(id) => e.plan.id != id,
+        entries.retain(|_, e| {
+            let Some(e) = &e.entitlement else {
+                // A new or changed key may now own a secret remembered as
+                // unknown; forget those on any key change.
+                return !matches!(change, Change::Key(_));
+            };
+            match change {
+                Change::Key(id) => e.key.id != id,
+                Change::Tenant(id) => e.tenant.id != id,
+                Change::Plan(id) => e.plan.id != id,
+            }
         });
     }
 }
@@ -100,13 +135,9 @@ pub struct QuotaView {
     /// Included units; 0 for an unmetered resource.
     pub limit: i64,
     pub used: i64,
+    /// Billed units past the included ones.
+    pub overage: i64,
     pub period: Period,
-}
-
-impl QuotaView {
-    pub fn overage(&self) -> i64 {
-        (self.used - self.limit).max(0)
-    }
 }
 
 pub struct Verifier {
@@ -128,11 +159,16 @@ impl Verifier {
         }
     }
 
-    async fn entitlement(&self, hash: SecretHash, at: Timestamp) -> Result<Option<Entitlement>> {
+    async fn entitlement(
+        &self,
+        hash: SecretHash,
+        at: Timestamp,
+    ) -> Result<Option<Arc<Entitlement>>> {
         if let Some(e) = self.cache.get(&hash) {
-            return Ok(Some(e));
+            return Ok(e);
         }
         let Some((key, secret_until)) = self.store.find_secret(hash, at).await? else {
+            self.cache.put(&hash, None);
             return Ok(None);
         };
         let tenant = self
@@ -144,14 +180,13 @@ impl Verifier {
             self.store.get_plan(tenant.plan_id).await?.ok_or_else(|| {
                 Error::Internal(anyhow::anyhow!("tenant {} has no plan", tenant.id))
             })?;
-        let entry = Entitlement {
+        let entry = Arc::new(Entitlement {
             key,
             secret_until,
             tenant,
             plan,
-            loaded: Instant::now(),
-        };
-        self.cache.put(&hash, entry.clone());
+        });
+        self.cache.put(&hash, Some(entry.clone()));
         Ok(Some(entry))
     }
 
@@ -201,44 +236,33 @@ impl Verifier {
             return Ok(verdict);
         }
         let (rate, bucket) = rate_limit_for(&e.key, &e.plan);
-        let quota = input.resource.as_ref().map(|resource| {
-            let q = quota_for(&e.key, &e.plan, resource);
-            let period = quota_period(
-                e.plan.spec.quota_reset,
-                e.plan.spec.billing_interval,
-                e.tenant.created_at,
-                at,
-            );
-            (
-                QuotaCharge {
-                    key: UsageKey {
-                        tenant_id: e.tenant.id,
-                        resource: resource.clone(),
-                        period,
-                    },
-                    hard_cap: q.and_then(hard_cap),
+        // The quota in force on the resource charged; none: unmetered.
+        let quota = input
+            .resource
+            .as_ref()
+            .and_then(|resource| quota_for(&e.key, &e.plan, resource));
+        let admission = Admission {
+            tenant_id: e.tenant.id,
+            bucket,
+            rate,
+            units: input.units,
+            quota: input.resource.as_ref().map(|resource| QuotaCharge {
+                key: UsageKey {
+                    tenant_id: e.tenant.id,
+                    resource: resource.clone(),
+                    period: tenant_period(&e.plan, &e.tenant, at),
                 },
-                q.map_or(0, |q| q.included_units),
-            )
-        });
-        let admitted = self
-            .limiter
-            .admit(
-                &Admission {
-                    bucket,
-                    rate,
-                    units: input.units,
-                    quota: quota.as_ref().map(|(c, _)| c.clone()),
-                },
-                at,
-            )
-            .await?;
+                hard_cap: quota.and_then(hard_cap),
+            }),
+        };
+        let admitted = self.limiter.admit(&admission, at).await?;
         verdict.rate = Some((rate, admitted.bucket));
-        if let (Some((charge, limit)), Some(used)) = (quota, admitted.used) {
+        if let (Some(charge), Some(used)) = (admission.quota, admitted.used) {
             verdict.quota = Some(QuotaView {
                 resource: charge.key.resource.as_str().to_owned(),
-                limit,
+                limit: quota.map_or(0, |q| q.included_units),
                 used,
+                overage: billed_overage(quota, used),
                 period: charge.key.period,
             });
         }

@@ -186,31 +186,37 @@ pub fn take_tokens(
             (b.tokens + elapsed * per_micro).min(capacity)
         }
     };
-    let need = units.max(1) as f64;
-    let allowed = tokens >= need;
+    let allowed = tokens >= units.max(1) as f64;
     let left = if allowed && units > 0 {
         tokens - units as f64
     } else {
         tokens
     };
-    let retry_after_micros = if allowed {
-        0
-    } else {
-        ((need - tokens) / per_micro).ceil() as i64
-    };
-    let full_in_micros = ((capacity - left) / per_micro).ceil() as i64;
     (
         Bucket {
             tokens: left,
             at_micros: now_micros,
         },
-        BucketOutcome {
-            allowed,
-            tokens: left,
-            retry_after_micros,
-            full_in_micros,
-        },
+        bucket_outcome(limit, units, left, allowed),
     )
+}
+
+/// The outcome of a call that found the bucket at `tokens` after taking what
+/// it took (nothing when denied); shared with limiters that keep the bucket
+/// elsewhere (a Redis script).
+pub fn bucket_outcome(limit: RateLimit, units: i64, tokens: f64, allowed: bool) -> BucketOutcome {
+    let per_micro = limit.requests_per_minute as f64 / 60_000_000.0;
+    let retry_after_micros = if allowed {
+        0
+    } else {
+        ((units.max(1) as f64 - tokens) / per_micro).ceil() as i64
+    };
+    BucketOutcome {
+        allowed,
+        tokens,
+        retry_after_micros,
+        full_in_micros: ((limit.burst as f64 - tokens) / per_micro).ceil() as i64,
+    }
 }
 
 /// A quota period: `[start, end)`.
@@ -218,6 +224,17 @@ pub fn take_tokens(
 pub struct Period {
     pub start: Timestamp,
     pub end: Timestamp,
+}
+
+/// The period of `tenant`'s quotas on `plan` that contains `at`; billing
+/// periods are anchored at the tenant's creation.
+pub fn tenant_period(plan: &Plan, tenant: &Tenant, at: Timestamp) -> Period {
+    quota_period(
+        plan.spec.quota_reset,
+        plan.spec.billing_interval,
+        tenant.created_at,
+        at,
+    )
 }
 
 /// The quota period containing `at`. Calendar periods start on the reset day
@@ -290,6 +307,15 @@ pub fn hard_cap(quota: &Quota) -> Option<i64> {
     match quota.overage {
         Overage::HardCap => Some(quota.included_units),
         Overage::Billed { .. } => None,
+    }
+}
+
+/// The units past the included amount that are billed: none under a hard
+/// cap or for a resource the plan does not meter.
+pub fn billed_overage(quota: Option<&Quota>, used: i64) -> i64 {
+    match quota {
+        Some(q) if matches!(q.overage, Overage::Billed { .. }) => (used - q.included_units).max(0),
+        _ => 0,
     }
 }
 

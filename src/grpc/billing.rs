@@ -2,7 +2,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{id, id_filter, new_tenant, tenant_patch, tenant_status_filter},
+    convert::{from_timestamp, id, id_filter, new_tenant, tenant_patch, tenant_status_filter},
     pb::{self, billing_server},
 };
 use crate::{
@@ -13,16 +13,18 @@ use crate::{
         page::PageRequest,
         tenant::ExternalId,
     },
+    metering::Metering,
     store::TenantFilter,
 };
 
 pub struct BillingService {
     catalog: Catalog,
+    metering: Metering,
 }
 
 impl BillingService {
-    pub fn new(catalog: Catalog) -> Self {
-        Self { catalog }
+    pub fn new(catalog: Catalog, metering: Metering) -> Self {
+        Self { catalog, metering }
     }
 }
 
@@ -85,5 +87,17 @@ impl billing_server::Billing for BillingService {
         let plan_id = id("plan_id", &req.plan_id, PlanId::parse)?;
         let tenant = self.catalog.change_plan(tenant_id, plan_id).await?;
         Ok(Response::new((&tenant).into()))
+    }
+
+    async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Reply<pb::GetUsageResponse> {
+        let req = req.into_inner();
+        let tenant_id = id("tenant_id", &req.tenant_id, TenantId::parse)?;
+        let at = req
+            .at
+            .map(|t| from_timestamp("at", &t))
+            .transpose()
+            .map_err(Error::from)?;
+        let report = self.metering.usage(tenant_id, at).await?;
+        Ok(Response::new((&report).into()))
     }
 }

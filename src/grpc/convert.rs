@@ -18,6 +18,7 @@ use crate::{
         text::{Metadata, bounded},
         to_micros,
     },
+    metering::UsageReport,
 };
 
 /// Collects every violation of a request, so one answer lists them all.
@@ -647,6 +648,26 @@ pub fn tenant_status_to_pb(s: TenantStatus) -> pb::TenantStatus {
         TenantStatus::PastDue => pb::TenantStatus::PastDue,
         TenantStatus::Canceled => pb::TenantStatus::Canceled,
         TenantStatus::Revoked => pb::TenantStatus::Revoked,
+    }
+}
+
+impl From<&UsageReport> for pb::GetUsageResponse {
+    fn from(r: &UsageReport) -> Self {
+        Self {
+            tenant_id: r.tenant_id.to_string(),
+            period_start: Some(timestamp(r.period.start)),
+            period_end: Some(timestamp(r.period.end)),
+            resources: r
+                .resources
+                .iter()
+                .map(|u| pb::ResourceUsage {
+                    resource: u.resource.as_str().to_owned(),
+                    used: u.used,
+                    included: u.included,
+                    overage: u.overage,
+                })
+                .collect(),
+        }
     }
 }
 

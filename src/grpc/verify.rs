@@ -61,7 +61,7 @@ fn verdict_to_pb(v: Verdict) -> pb::VerifyResponse {
             retry_after_ms: (b.retry_after_micros + 999) / 1000,
         }),
         quota: v.quota.map(|q| pb::QuotaStatus {
-            overage_units: q.overage(),
+            overage_units: q.overage,
             resource: q.resource,
             limit: q.limit,
             used: q.used,
@@ -69,7 +69,7 @@ fn verdict_to_pb(v: Verdict) -> pb::VerifyResponse {
             reset_at: Some(timestamp(q.period.end)),
         }),
         http_status: i32::from(v.code.http_status()),
-        headers: headers.into_iter().collect(),
+        headers,
     }
 }
 

@@ -49,10 +49,7 @@ impl Limiter for LocalLimiter {
             if !known {
                 // A counter starts from what durable storage holds, so a
                 // restart never starts a period again from zero.
-                let stored = self
-                    .usage
-                    .get_usage(q.key.tenant_id, &q.key.resource, q.key.period.start)
-                    .await?;
+                let stored = q.key.durable_total(&*self.usage).await?;
                 self.state
                     .lock()
                     .await
@@ -111,6 +108,14 @@ impl Limiter for LocalLimiter {
             bucket,
             used,
         })
+    }
+
+    async fn live_usage(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
+        let state = self.state.lock().await;
+        Ok(keys
+            .iter()
+            .map(|k| state.counters.get(k).map(|c| c.used))
+            .collect())
     }
 
     async fn flush(&self) -> Result<usize> {

@@ -54,6 +54,9 @@ impl Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// A typed PostgreSQL pool for the statements `Any` cannot express
+    /// (array parameters, for the usage flush's `UNNEST` upsert).
+    pg: Option<sqlx::PgPool>,
 }
 
 impl SqlStore {
@@ -85,7 +88,17 @@ impl SqlStore {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
-        Ok(Self { pool, backend })
+        let pg = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(5))
+                    .max_connections(2)
+                    .connect_lazy(url)
+                    .context("parsing database_url")?,
+            ),
+            Backend::Sqlite => None,
+        };
+        Ok(Self { pool, backend, pg })
     }
 
     /// Connects and applies pending migrations.
@@ -111,6 +124,9 @@ impl SqlStore {
     }
 
     pub async fn close(&self) {
+        if let Some(pg) = &self.pg {
+            pg.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -775,9 +791,63 @@ impl CredentialStore for SqlStore {
     }
 }
 
+/// PostgreSQL: every total in one statement whatever the batch size, the
+/// columns bound as arrays. A total only ever grows, and an unchanged one
+/// is not rewritten.
+async fn upsert_usage_unnest(pg: &sqlx::PgPool, totals: &[UsageTotal]) -> Result<()> {
+    if totals.is_empty() {
+        return Ok(());
+    }
+    // One row per counter (a statement may not update a row twice): the largest.
+    let mut largest: std::collections::HashMap<_, &UsageTotal> = Default::default();
+    for t in totals {
+        let slot = largest
+            .entry((t.tenant_id, &t.resource, t.period_start))
+            .or_insert(t);
+        if t.used > slot.used {
+            *slot = t;
+        }
+    }
+    let totals: Vec<&UsageTotal> = largest.into_values().collect();
+    let mut tenants = Vec::with_capacity(totals.len());
+    let mut resources = Vec::with_capacity(totals.len());
+    let mut starts = Vec::with_capacity(totals.len());
+    let mut ends = Vec::with_capacity(totals.len());
+    let mut used = Vec::with_capacity(totals.len());
+    for t in totals {
+        tenants.push(t.tenant_id.to_string());
+        resources.push(t.resource.as_str().to_owned());
+        starts.push(to_micros(t.period_start));
+        ends.push(to_micros(t.period_end));
+        used.push(t.used);
+    }
+    sqlx::query(
+        "INSERT INTO usage_counters \
+         (tenant_id, resource, period_start, period_end, used, updated_at) \
+         SELECT t, r, s, e, u, $6 FROM UNNEST($1::text[], $2::text[], $3::bigint[], \
+         $4::bigint[], $5::bigint[]) AS x(t, r, s, e, u) \
+         ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+         used = excluded.used, updated_at = excluded.updated_at \
+         WHERE usage_counters.used < excluded.used",
+    )
+    .bind(tenants)
+    .bind(resources)
+    .bind(starts)
+    .bind(ends)
+    .bind(used)
+    .bind(to_micros(crate::domain::now()))
+    .execute(pg)
+    .await
+    .map_err(db("writing usage", ""))?;
+    Ok(())
+}
+
 #[async_trait]
 impl UsageStore for SqlStore {
     async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return upsert_usage_unnest(pg, totals).await;
+        }
         // Bounded batches keep the statement under both databases' parameter
         // limits (SQLite: 32766, PostgreSQL: 65535).
         for chunk in totals.chunks(1000) {

@@ -8,7 +8,7 @@ use tollgate::grpc::pb::{self, get_plan_request::Lookup, quota_reset::Schedule};
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
 
-use crate::helpers::{InProcess, TestDb};
+use crate::helpers::{InProcess, TestDb, valid_plan};
 
 crate::conformance!(
     invalid_requests_write_nothing,
@@ -22,37 +22,6 @@ const DAY: i64 = 24 * 3600;
 
 /// What is wrong, how to spoil a valid plan so, and the fields to blame.
 type BadPlan = (&'static str, fn(&mut pb::Plan), &'static [&'static str]);
-
-/// A plan that passes every check, to spoil one field at a time.
-fn valid_plan(slug: &str) -> pb::Plan {
-    pb::Plan {
-        slug: slug.into(),
-        display_name: "Pro".into(),
-        price: Some(pb::Price {
-            amount_minor: 2_900,
-            currency: "USD".into(),
-        }),
-        billing_interval: pb::BillingInterval::Month as i32,
-        trial_days: 0,
-        rate_limit: Some(pb::RateLimit {
-            requests_per_minute: 600,
-            burst: 20,
-        }),
-        quotas: vec![pb::Quota {
-            resource: "chat_requests".into(),
-            included_units: 10_000,
-            overage_policy: pb::OveragePolicy::Billed as i32,
-            overage_unit_price_micros: 500,
-        }],
-        features: vec!["model:gpt-4o".into()],
-        quota_reset: Some(pb::QuotaReset {
-            schedule: Some(Schedule::CalendarMonth(pb::quota_reset::CalendarMonth {
-                day: 1,
-            })),
-        }),
-        ..Default::default()
-    }
-}
 
 fn calendar_month(day: i32) -> Option<pb::QuotaReset> {
     Some(pb::QuotaReset {

@@ -6,7 +6,7 @@ use prost_types::{Duration as PbDuration, FieldMask, Timestamp as PbTimestamp};
 use tollgate::grpc::pb::{self, get_tenant_request, quota_reset::Schedule};
 use tonic::{Code, Response, Status};
 
-use crate::helpers::{InProcess, TestDb};
+use crate::helpers::{InProcess, TestDb, valid_plan};
 
 crate::conformance!(
     duplicates_already_exist,
@@ -23,31 +23,8 @@ crate::conformance!(
 
 fn plan_spec(slug: &str, trial_days: i32) -> pb::Plan {
     pb::Plan {
-        slug: slug.into(),
-        display_name: format!("Plan {slug}"),
-        price: Some(pb::Price {
-            amount_minor: 2_900,
-            currency: "USD".into(),
-        }),
-        billing_interval: pb::BillingInterval::Month as i32,
         trial_days,
-        rate_limit: Some(pb::RateLimit {
-            requests_per_minute: 600,
-            burst: 20,
-        }),
-        quotas: vec![pb::Quota {
-            resource: "chat_requests".into(),
-            included_units: 10_000,
-            overage_policy: pb::OveragePolicy::Billed as i32,
-            overage_unit_price_micros: 500,
-        }],
-        features: vec!["model:gpt-4o".into()],
-        quota_reset: Some(pb::QuotaReset {
-            schedule: Some(Schedule::CalendarMonth(pb::quota_reset::CalendarMonth {
-                day: 1,
-            })),
-        }),
-        ..Default::default()
+        ..valid_plan(slug)
     }
 }
 
@@ -530,7 +507,20 @@ async fn revoked_keys_stay_revoked(db: TestDb) {
         .expect("first RevokeKey")
         .into_inner();
     assert_eq!(first.status, pb::KeyStatus::Revoked as i32);
-    assert!(first.revoke_time.is_some());
+    assert_eq!(
+        first.revoke_time, first.update_time,
+        "revoked when it was last changed"
+    );
+    assert!(
+        (
+            first.revoke_time.unwrap().seconds,
+            first.revoke_time.unwrap().nanos
+        ) > (
+            first.create_time.unwrap().seconds,
+            first.create_time.unwrap().nanos
+        ),
+        "revoked after it was created"
+    );
     let second = server
         .keys()
         .revoke_key(server.admin(revoke()))

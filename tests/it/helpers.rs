@@ -147,23 +147,72 @@ async fn credential(store: &SqlStore, scope: Scope) -> String {
     token.into_exposed()
 }
 
+/// A plan that passes every check: tests build theirs from it, changing
+/// only the fields they are about.
+pub fn valid_plan(slug: &str) -> tollgate::grpc::pb::Plan {
+    use tollgate::grpc::pb;
+    pb::Plan {
+        slug: slug.into(),
+        display_name: format!("Plan {slug}"),
+        price: Some(pb::Price {
+            amount_minor: 2_900,
+            currency: "USD".into(),
+        }),
+        billing_interval: pb::BillingInterval::Month as i32,
+        trial_days: 0,
+        rate_limit: Some(pb::RateLimit {
+            requests_per_minute: 600,
+            burst: 20,
+        }),
+        quotas: vec![pb::Quota {
+            resource: "chat_requests".into(),
+            included_units: 10_000,
+            overage_policy: pb::OveragePolicy::Billed as i32,
+            overage_unit_price_micros: 500,
+        }],
+        features: vec!["model:gpt-4o".into()],
+        quota_reset: Some(pb::QuotaReset {
+            schedule: Some(pb::quota_reset::Schedule::CalendarMonth(
+                pb::quota_reset::CalendarMonth { day: 1 },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
 /// The server running inside the test process on a free port.
 pub struct InProcess {
     pub admin_token: String,
     pub verify_token: String,
     channel: Channel,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _db: TestDb,
+    db: TestDb,
+    _redis: Option<TestRedis>,
 }
 
 impl InProcess {
     pub async fn start(db: TestDb) -> Self {
+        Self::start_with(db, None, |_| {}).await
+    }
+
+    /// The server on `db`, sharing `redis` when given, with `tune` applied
+    /// to its configuration.
+    pub async fn start_with(
+        db: TestDb,
+        redis: Option<TestRedis>,
+        tune: impl FnOnce(&mut Config),
+    ) -> Self {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             database_url: Some(db.url().to_owned()),
+            redis_url: redis.as_ref().map(|r| r.url.clone()),
             ..Overrides::default()
         };
-        let config = Config::load(None, &overrides).expect("config");
+        let mut config = Config::load(None, &overrides).expect("config");
+        if let Some(redis) = &redis {
+            config.redis_key_prefix = redis.prefix.clone();
+        }
+        tune(&mut config);
         let app = Application::build(config).await.expect("building the app");
         let addr = app.local_addr();
         let store = db.store().await;
@@ -184,8 +233,17 @@ impl InProcess {
             verify_token,
             channel,
             stop: Some(stop),
-            _db: db,
+            db,
+            _redis: redis,
         }
+    }
+
+    pub fn db(&self) -> &TestDb {
+        &self.db
+    }
+
+    pub fn redis(&mut self) -> &mut TestRedis {
+        self._redis.as_mut().expect("started with Redis")
     }
 
     pub fn channel(&self) -> Channel {
@@ -271,6 +329,19 @@ impl Server {
         Self::spawn(tollgate(), global_args)
     }
 
+    /// The same with `TOLLGATE_*` settings in its environment.
+    pub fn start_env(global_args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut cmd = tollgate();
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::spawn(cmd, global_args)
+    }
+
+    /// Kills the process at once (SIGKILL): no drain, no final flush.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
     /// The same, run from `dir` (where the default `./tollgate-data` goes).
     pub fn start_in(dir: &Path, global_args: &[&str]) -> Self {
         let mut cmd = tollgate();
@@ -348,6 +419,132 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+pub const REDIS_HINT: &str = "Redis is not reachable at 127.0.0.1:6379: start it (service redis-server start) or set TOLLGATE_TEST_REDIS_URL";
+
+/// Redis for one test: the machine's server under a key prefix of the test's
+/// own (deleted after), or a private `redis-server` for tests that flush or
+/// stop it.
+pub struct TestRedis {
+    pub url: String,
+    pub prefix: String,
+    own: Option<Child>,
+}
+
+impl TestRedis {
+    pub fn shared() -> Self {
+        let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis = Self {
+            url,
+            prefix: format!("tgtest-{}", uuid::Uuid::now_v7().simple()),
+            own: None,
+        };
+        redis
+            .ping()
+            .unwrap_or_else(|e| panic!("{REDIS_HINT} ({e})"));
+        redis
+    }
+
+    /// A `redis-server` of this test's own on a free port, keeping nothing
+    /// on disk.
+    pub fn own() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis-server could not be run: install it (apt-get install redis-server) ({e})"
+                )
+            });
+        let redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            prefix: "tollgate".into(),
+            own: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.ping().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = redis::Client::open(self.url.as_str())?
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        redis::cmd("PING").query(&mut conn)
+    }
+
+    /// A plain connection for the test's own commands.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("connecting to the test Redis")
+    }
+
+    /// Runs one command and returns its answer.
+    pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.connection()).expect("redis command")
+    }
+
+    /// Stops a private server (SIGKILL), keeping its port for `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.own.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped private server again, empty, on the same port.
+    pub fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().expect("port").to_owned();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("restarting redis-server");
+        self.own = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ping().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.own.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        // The shared server: remove this test's keys.
+        if let Ok(mut conn) = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
     }
 }
 

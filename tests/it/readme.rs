@@ -65,12 +65,39 @@ fn readme_walkthrough_runs_as_written() {
         "\"code\": \"VALID\"",
         "\"httpStatus\": 200",
         "X-RateLimit-Remaining",
-        "\"code\": \"KEY_REVOKED\"",
+        "\nKEY_REVOKED\n",
     ] {
         assert!(
             stdout.contains(expected),
             "{expected:?} missing from:\n{stdout}"
         );
     }
+    // It ends with the Verify answer the README shows: the same fields, the
+    // same headers, the same status.
+    let last = &stdout[stdout.rfind("\n{\n").map_or(0, |i| i + 1)..];
+    let actual: serde_json::Value = serde_json::from_str(last).expect("a JSON answer last");
+    let shown: serde_json::Value = serde_json::from_str(
+        readme
+            .split("```json\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the README shows the answer"),
+    )
+    .unwrap();
+    let keys = |v: &serde_json::Value, field: &str| -> Vec<String> {
+        let object = if field.is_empty() { v } else { &v[field] };
+        object.as_object().unwrap().keys().cloned().collect()
+    };
+    for field in ["", "rateLimit", "quota", "headers"] {
+        assert_eq!(
+            keys(&actual, field),
+            keys(&shown, field),
+            "{field:?} differs"
+        );
+    }
+    for same in ["valid", "code", "httpStatus", "features", "planSlug"] {
+        assert_eq!(actual[same], shown[same], "{same} differs");
+    }
+    assert_eq!(actual["quota"]["used"], "1");
     server.stop();
 }

@@ -3,8 +3,10 @@
 team's backend would use it.
 
 It generates Python stubs from the project's .proto files with grpcio-tools,
-then drives the tollgate.v1 Plans, Billing and Keys services over an insecure
-channel, every call carrying `authorization: Bearer <token>`.
+then drives the tollgate.v1 Plans, Billing (tenants and usage), Keys and Verify
+services over an insecure channel, every call carrying
+`authorization: Bearer <token>`: the admin token for everything but Verify,
+which is called with the verify-scope token as an API gateway would.
 
 Usage:
     python e2e_client.py --target 127.0.0.1:PORT --admin-token TOKEN \
@@ -54,7 +56,7 @@ def bearer(token: str):
 def generate_stubs(proto_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
     """Compiles tollgate/v1/*.proto into out_dir and imports the modules.
 
-    Returns {"plans": (pb2, pb2_grpc), "billing": ..., "keys": ...}.
+    Returns {"plans": (pb2, pb2_grpc), "billing": ..., "keys": ..., "verify": ...}.
     """
     proto_dir = proto_dir.resolve()
     protos = sorted(proto_dir.glob("tollgate/v1/*.proto"))
@@ -75,7 +77,7 @@ def generate_stubs(proto_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
         (package / "__init__.py").touch()
     sys.path.insert(0, str(out_dir))
     modules = {}
-    for name in ("plans", "billing", "keys"):
+    for name in ("plans", "billing", "keys", "verify"):
         try:
             modules[name] = (importlib.import_module(f"tollgate.v1.{name}_pb2"),
                              importlib.import_module(f"tollgate.v1.{name}_pb2_grpc"))
@@ -90,9 +92,11 @@ class E2E:
         self.P, plans_grpc = stubs["plans"]
         self.B, billing_grpc = stubs["billing"]
         self.K, keys_grpc = stubs["keys"]
+        self.V, verify_grpc = stubs["verify"]
         self.plans = plans_grpc.PlansStub(channel)
         self.billing = billing_grpc.BillingStub(channel)
         self.keys = keys_grpc.KeysStub(channel)
+        self.verifier = verify_grpc.VerifyStub(channel)
         self.admin = bearer(admin_token)
         self.verify = bearer(verify_token)
         self.timeout = timeout
@@ -161,6 +165,8 @@ class E2E:
         tenant = self.tenant_checks(pro)
         self.key_checks(tenant)
         self.auth_checks(tenant)
+        metered = self.verify_checks()
+        self.usage_checks(metered)
         return self.passed
 
     def plan_checks(self):
@@ -354,6 +360,138 @@ class E2E:
         self.check_secret("CreateKey live", live.secret, live.key, "tg_live_")
         self.expect_code("Plans.ListPlans with an API key secret as bearer", unauthenticated,
                          self.plans.ListPlans, P.ListPlansRequest(), metadata=bearer(live.secret))
+
+    def verify_call(self, name: str, secret: str, *, units=None, resource="chat_requests",
+                    features=("model:gpt-4o",), metadata=None):
+        """One Verify.Verify call with the verify-scope token; must not be a gRPC error."""
+        V = self.V
+        request = V.VerifyRequest(key=secret, resource=resource, required_features=list(features))
+        if units is not None:
+            request.units = units
+        return self.call(name, self.verifier.Verify, request,
+                         metadata=self.verify if metadata is None else metadata)
+
+    def check_verdict(self, name: str, answer, code: str, http_status: int) -> None:
+        V = self.V
+        self.check(f"{name}: code {code}", answer.code == V.VerifyCode.Value(code),
+                   f"got {V.VerifyCode.Name(answer.code)} (http_status {answer.http_status})")
+        self.check(f"{name}: valid is {code == 'VALID'}", answer.valid == (code == "VALID"),
+                   f"got valid={answer.valid}")
+        self.check(f"{name}: http_status {http_status}", answer.http_status == http_status,
+                   f"got {answer.http_status}")
+
+    def check_quota_used(self, name: str, answer, used: int) -> None:
+        self.check(f"{name}: quota.used == {used}",
+                   answer.HasField("quota") and answer.quota.used == used,
+                   f"got quota {brief(answer.quota) if answer.HasField('quota') else 'unset'}")
+
+    def verify_checks(self):
+        """Verify.Verify on a hard-capped plan, the way an API gateway calls it.
+
+        Returns the tenant, whose chat_requests quota is used up (3 of 3)."""
+        P, B, K = self.P, self.B, self.K
+        plan = self.new_plan(f"py-capped-{self.suffix}", "Py Capped")
+        plan.rate_limit.CopyFrom(P.RateLimit(requests_per_minute=600, burst=5))
+        del plan.quotas[:]
+        plan.quotas.add(resource="chat_requests", included_units=3,
+                        overage_policy=P.OVERAGE_POLICY_HARD_CAP)
+        plan = self.call("CreatePlan hard cap", self.plans.CreatePlan,
+                         P.CreatePlanRequest(plan=plan))
+        tenant = self.call("CreateTenant on the hard-capped plan", self.billing.CreateTenant,
+                           B.CreateTenantRequest(tenant=B.Tenant(
+                               external_id=f"py-verify-{self.suffix}", plan_id=plan.id)))
+        created = self.call("CreateKey for Verify", self.keys.CreateKey, K.CreateKeyRequest(
+            key=K.Key(tenant_id=tenant.id, name="py verify key",
+                      environment=K.KEY_ENVIRONMENT_LIVE)))
+        key, secret = created.key, created.secret
+
+        first = self.verify_call("Verify", secret)
+        self.check_verdict("Verify", first, "VALID", 200)
+        for field, want in (("key_id", key.id), ("tenant_id", tenant.id),
+                            ("plan_slug", plan.slug)):
+            got = getattr(first, field)
+            self.check(f"Verify: {field} matches the created one", got == want,
+                       f"want {want!r}, got {got!r}")
+        self.check_quota_used("Verify", first, 1)
+        self.check("Verify: quota.remaining == 2", first.quota.remaining == 2,
+                   f"got {first.quota.remaining}")
+        headers = dict(first.headers)
+        for header, want in (("X-RateLimit-Limit", "5"), ("X-Quota-Limit", "3"),
+                             ("X-Quota-Remaining", "2")):
+            self.check(f"Verify: header {header} is {want!r}", headers.get(header) == want,
+                       f"got {headers.get(header)!r}; headers {headers}")
+        for header in ("RateLimit", "RateLimit-Policy"):
+            self.check(f"Verify: header {header} present", bool(headers.get(header)),
+                       f"headers {headers}")
+
+        dry = self.verify_call("Verify units=0", secret, units=0)
+        self.check_verdict("Verify units=0", dry, "VALID", 200)
+        self.check_quota_used("Verify units=0 consumes nothing", dry, 1)
+
+        denied = self.verify_call("Verify feature not in plan", secret,
+                                  features=["model:gpt-4o", "model:o1-pro"])
+        self.check_verdict("Verify feature not in plan", denied, "FEATURE_NOT_IN_PLAN", 403)
+        self.check_quota_used("Verify after a feature denial: nothing consumed",
+                              self.verify_call("Verify units=0 after a feature denial",
+                                               secret, units=0), 1)
+
+        for used in (2, 3):
+            answer = self.verify_call(f"Verify call {used} of 3 included", secret)
+            self.check_verdict(f"Verify call {used} of 3 included", answer, "VALID", 200)
+            self.check_quota_used(f"Verify call {used} of 3 included", answer, used)
+        self.check("Verify call 3 of 3 included: quota.remaining == 0",
+                   answer.quota.remaining == 0, f"got {answer.quota.remaining}")
+
+        over = self.verify_call("Verify past the hard cap", secret)
+        self.check_verdict("Verify past the hard cap", over, "QUOTA_EXCEEDED", 429)
+        self.check("Verify past the hard cap: header Retry-After present",
+                   "Retry-After" in over.headers, f"headers {dict(over.headers)}")
+
+        unknown = "tg_live_" + "".join(secrets.choice(sorted(BASE58)) for _ in range(43))
+        missing = self.verify_call("Verify unknown secret", unknown)
+        self.check_verdict("Verify unknown secret", missing, "KEY_NOT_FOUND", 401)
+
+        err = self.expect_code("Verify units=-1", grpc.StatusCode.INVALID_ARGUMENT,
+                               self.verifier.Verify,
+                               self.V.VerifyRequest(key=secret, resource="chat_requests",
+                                                    units=-1),
+                               metadata=self.verify)
+        self.check_bad_request_field("Verify units=-1", err, "units")
+
+        self.expect_code("Verify.Verify without metadata", grpc.StatusCode.UNAUTHENTICATED,
+                         self.verifier.Verify, self.V.VerifyRequest(key=secret), metadata=())
+
+        self.call("RevokeKey before Verify", self.keys.RevokeKey, K.RevokeKeyRequest(id=key.id))
+        revoked = self.verify_call("Verify revoked key", secret)
+        self.check_verdict("Verify revoked key", revoked, "KEY_REVOKED", 401)
+        return tenant
+
+    def usage_checks(self, tenant) -> None:
+        B = self.B
+        usage = self.call("GetUsage", self.billing.GetUsage,
+                          B.GetUsageRequest(tenant_id=tenant.id))
+        self.check("GetUsage: tenant_id echoes back", usage.tenant_id == tenant.id,
+                   f"got {usage.tenant_id!r}")
+        self.check("GetUsage: period_start before period_end",
+                   usage.HasField("period_start") and usage.HasField("period_end")
+                   and usage.period_start.ToNanoseconds() < usage.period_end.ToNanoseconds(),
+                   f"got {brief(usage.period_start)} .. {brief(usage.period_end)}")
+        resources = [r.resource for r in usage.resources]
+        self.check("GetUsage: exactly one resource, chat_requests",
+                   resources == ["chat_requests"], f"got {resources}")
+        chat = usage.resources[0]
+        for field, want in (("used", 3), ("included", 3), ("overage", 0)):
+            got = getattr(chat, field)
+            self.check(f"GetUsage: chat_requests {field} == {want}", got == want,
+                       f"got {got} ({brief(chat)})")
+
+        self.expect_code("Billing.GetUsage with the verify token",
+                         grpc.StatusCode.PERMISSION_DENIED, self.billing.GetUsage,
+                         B.GetUsageRequest(tenant_id=tenant.id), metadata=self.verify)
+        err = self.expect_code("GetUsage malformed tenant_id", grpc.StatusCode.INVALID_ARGUMENT,
+                               self.billing.GetUsage,
+                               B.GetUsageRequest(tenant_id="not-a-tenant-id"))
+        self.check_bad_request_field("GetUsage malformed tenant_id", err, "tenant_id")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,113 @@
+//! Keeping replicas' caches honest: every catalog change is published on a
+//! Redis channel, and every replica forgets what the change touched. The
+//! cache's short TTL is the backstop for a message lost while disconnected.
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use redis::{AsyncCommands, aio::ConnectionManager};
+
+use crate::{
+    catalog::{Change, ChangeListener},
+    domain::ids::{KeyId, PlanId, TenantId},
+    verifier::EntitlementCache,
+};
+
+/// The channel changes are published on.
+pub fn channel(prefix: &str) -> String {
+    format!("{prefix}:changes")
+}
+
+fn encode(change: Change) -> String {
+    match change {
+        Change::Key(id) => id.to_string(),
+        Change::Tenant(id) => id.to_string(),
+        Change::Plan(id) => id.to_string(),
+    }
+}
+
+/// Ids carry their kind in their prefix, so the id alone is the message.
+fn decode(message: &str) -> Option<Change> {
+    KeyId::parse("", message)
+        .map(Change::Key)
+        .or_else(|_| TenantId::parse("", message).map(Change::Tenant))
+        .or_else(|_| PlanId::parse("", message).map(Change::Plan))
+        .ok()
+}
+
+/// Publishes this replica's changes to the others.
+pub struct ChangeBus {
+    conn: ConnectionManager,
+    channel: String,
+}
+
+impl ChangeBus {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            conn,
+            channel: channel(prefix),
+        }
+    }
+}
+
+impl ChangeListener for ChangeBus {
+    fn changed(&self, change: Change) {
+        let mut conn = self.conn.clone();
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            if let Err(error) = conn.publish::<_, _, i64>(&channel, encode(change)).await {
+                // Other replicas see the change when their cache entry expires.
+                tracing::warn!(%error, ?change, "publishing a catalog change failed");
+            }
+        });
+    }
+}
+
+/// Applies other replicas' changes to `cache` until the process ends,
+/// resubscribing after a lost connection (and then forgetting everything,
+/// since changes may have been missed meanwhile).
+pub async fn follow(client: redis::Client, prefix: String, cache: Arc<EntitlementCache>) {
+    let channel = channel(&prefix);
+    let mut lost = false;
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    if lost {
+                        cache.clear();
+                        tracing::info!("following catalog changes again");
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        if let Some(change) = decode(&payload) {
+                            cache.changed(change);
+                        }
+                    }
+                    tracing::warn!("lost the catalog change channel; reconnecting");
+                }
+                Err(error) => tracing::warn!(%error, "subscribing to catalog changes failed"),
+            },
+            Err(error) => tracing::warn!(%error, "connecting for catalog changes failed"),
+        }
+        lost = true;
+        cache.clear();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_survives_the_channel() {
+        for change in [
+            Change::Key(KeyId::generate()),
+            Change::Tenant(TenantId::generate()),
+            Change::Plan(PlanId::generate()),
+        ] {
+            assert_eq!(decode(&encode(change)), Some(change));
+        }
+        assert_eq!(decode("nonsense"), None);
+    }
+}
