@@ -34,6 +34,9 @@ struct Options {
     in_flight: usize,
     database_url: String,
     redis_url: String,
+    /// Decode every Verify answer whole, as a gateway forwarding its headers
+    /// would, instead of only `valid` and `code`.
+    full_decode: bool,
 }
 
 fn options() -> Options {
@@ -43,6 +46,7 @@ fn options() -> Options {
         in_flight: 32,
         database_url: "postgres://postgres@127.0.0.1:5432".into(),
         redis_url: "redis://127.0.0.1:6379".into(),
+        full_decode: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -59,6 +63,11 @@ fn options() -> Options {
             "--in-flight" => o.in_flight = number(),
             "--database-url" => o.database_url = value,
             "--redis-url" => o.redis_url = value,
+            "--full-decode" => {
+                o.full_decode = true;
+                i += 1;
+                continue;
+            }
             // cargo bench passes --bench; anything else is a mistake.
             "--bench" => {
                 i += 1;
@@ -240,7 +249,45 @@ async fn tenant_key(
 #[derive(Clone)]
 enum Call {
     Noop,
-    Verify { secret: String, expect: VerifyCode },
+    Verify {
+        secret: String,
+        expect: VerifyCode,
+        whole: bool,
+    },
+}
+
+/// What the load generator reads of a Verify answer unless `--full-decode`:
+/// `valid` and `code`; prost skips the rest unparsed. The client shares the
+/// machine's two cores with the server, so its decoding would otherwise be
+/// charged to the server's throughput. The answer's size is still printed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Verdict {
+    #[prost(bool, tag = "1")]
+    valid: bool,
+    #[prost(int32, tag = "2")]
+    code: i32,
+}
+
+/// The encoded size of one Verify answer, decoded whole.
+async fn answer_size(call: &Call, channel: &Channel, token: &str) -> usize {
+    use prost::Message;
+    let Call::Verify { secret, .. } = call else {
+        return 0;
+    };
+    VerifyClient::new(channel.clone())
+        .verify(authed(
+            VerifyRequest {
+                key: secret.clone(),
+                resource: "calls".into(),
+                units: Some(0),
+                required_features: vec![],
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .encoded_len()
 }
 
 /// One call on `channel`; panics on a wrong answer, so a figure is never
@@ -262,20 +309,43 @@ async fn attempt(call: &Call, channel: &Channel, token: &str) -> Result<(), toni
                 .check(authed(HealthCheckRequest::default(), token))
                 .await?;
         }
-        Call::Verify { secret, expect } => {
-            let r = VerifyClient::new(channel.clone())
-                .verify(authed(
-                    VerifyRequest {
-                        key: secret.clone(),
-                        resource: "calls".into(),
-                        units: None,
-                        required_features: vec![],
-                    },
-                    token,
-                ))
+        Call::Verify {
+            secret,
+            expect,
+            whole,
+        } => {
+            let request = authed(
+                VerifyRequest {
+                    key: secret.clone(),
+                    resource: "calls".into(),
+                    units: None,
+                    required_features: vec![],
+                },
+                token,
+            );
+            let code = if *whole {
+                VerifyClient::new(channel.clone())
+                    .verify(request)
+                    .await?
+                    .into_inner()
+                    .code
+            } else {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                grpc.unary(
+                    request,
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/tollgate.v1.Verify/Verify",
+                    ),
+                    tonic_prost::ProstCodec::<VerifyRequest, Verdict>::default(),
+                )
                 .await?
-                .into_inner();
-            assert_eq!(r.code, *expect as i32, "unexpected Verify answer");
+                .into_inner()
+                .code
+            };
+            assert_eq!(code, *expect as i32, "unexpected Verify answer");
         }
     }
     Ok(())
@@ -496,12 +566,14 @@ async fn main() {
     let allow = Call::Verify {
         secret: allowed,
         expect: VerifyCode::Valid,
+        whole: o.full_decode,
     };
     // Spend the denied tenant's one unit; every call after is over the cap.
     one(
         &Call::Verify {
             secret: denied.clone(),
             expect: VerifyCode::Valid,
+            whole: true,
         },
         &channels[0],
         &token,
@@ -510,6 +582,7 @@ async fn main() {
     let deny = Call::Verify {
         secret: denied,
         expect: VerifyCode::QuotaExceeded,
+        whole: o.full_decode,
     };
     // Warm up connections, caches and the script cache.
     for call in [&noop, &allow, &deny] {
@@ -523,6 +596,20 @@ async fn main() {
     println!(
         "tollgate loadgen: {} connections x {} in flight, {} s per phase, server {} (release), PostgreSQL + Redis",
         o.connections, o.in_flight, o.seconds, target.addr
+    );
+    let sizes = [
+        answer_size(&allow, &channels[0], &token).await,
+        answer_size(&deny, &channels[0], &token).await,
+    ];
+    println!(
+        "Verify answers: {} bytes allowed, {} bytes denied; the load generator decodes {}",
+        sizes[0],
+        sizes[1],
+        if o.full_decode {
+            "them whole (--full-decode)"
+        } else {
+            "valid and code (--full-decode for all)"
+        }
     );
     println!(
         "{:<28} {:>11} {:>11} {:>11}",
