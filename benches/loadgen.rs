@@ -354,8 +354,6 @@ async fn attempt(call: &Call, channel: &Channel, token: &str) -> Result<(), toni
 struct Figures {
     /// CPU time per call of the server, Redis and this load generator, µs.
     cpu: [f64; 3],
-    /// The server's and Redis's read/write system calls per call.
-    syscalls: [f64; 2],
     /// Calls that failed (only an open loop tolerates them).
     failed: usize,
     calls: usize,
@@ -369,7 +367,6 @@ fn figures(mut latencies: Vec<u64>, elapsed: Duration) -> Figures {
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Figures {
         cpu: [0.0; 3],
-        syscalls: [0.0; 2],
         failed: 0,
         calls: latencies.len(),
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
@@ -484,7 +481,7 @@ fn redis_calls(url: &str) -> std::collections::HashMap<String, u64> {
 
 fn line(name: &str, f: &Figures, noop: &Figures) {
     println!(
-        "{name:<28} {:>9.0}/s {:>8} µs {:>8} µs   throughput {:>5.1}%   p99 {:>4.2}x   cpu/call µs: server {:>5.1} redis {:>5.1} loadgen {:>5.1}; syscalls/call: server {:.2} redis {:.2}   ({} calls, {} failed)",
+        "{name:<28} {:>9.0}/s {:>8} µs {:>8} µs   throughput {:>5.1}%   p99 {:>4.2}x   cpu/call µs: server {:>5.1} redis {:>5.1} loadgen {:>5.1}   ({} calls, {} failed)",
         f.per_second,
         f.p50_micros,
         f.p99_micros,
@@ -493,8 +490,6 @@ fn line(name: &str, f: &Figures, noop: &Figures) {
         f.cpu[0],
         f.cpu[1],
         f.cpu[2],
-        f.syscalls[0],
-        f.syscalls[1],
         f.calls,
         f.failed,
     );
@@ -516,31 +511,13 @@ fn cpu_micros(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) * 10_000.0
 }
 
-/// Read and write system calls a process has made so far (from /proc).
-fn syscalls(pid: u32) -> f64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    io.lines()
-        .filter_map(|l| {
-            l.strip_prefix("syscr: ")
-                .or_else(|| l.strip_prefix("syscw: "))
-        })
-        .filter_map(|n| n.trim().parse::<f64>().ok())
-        .sum()
-}
-
-/// Runs a phase and charges each process's CPU time (and the server's
-/// read/write system calls) to its calls.
+/// Runs a phase and charges each process's CPU time to its calls.
 async fn measured(pids: [u32; 3], phase: impl std::future::Future<Output = Figures>) -> Figures {
     let before = pids.map(cpu_micros);
-    let calls_before = [syscalls(pids[0]), syscalls(pids[1])];
     let mut f = phase.await;
     for i in 0..3 {
         f.cpu[i] = (cpu_micros(pids[i]) - before[i]) / f.calls as f64;
     }
-    f.syscalls = [
-        (syscalls(pids[0]) - calls_before[0]) / f.calls as f64,
-        (syscalls(pids[1]) - calls_before[1]) / f.calls as f64,
-    ];
     f
 }
 
