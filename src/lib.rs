@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod credits;
 pub mod domain;
 pub mod grpc;
 pub mod limiter;

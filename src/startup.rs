@@ -11,6 +11,7 @@ use tonic_health::ServingStatus;
 use crate::{
     catalog::Catalog,
     config::Config,
+    credits::Credits,
     domain::{
         credential::{Credential, Scope},
         ids::CredentialId,
@@ -232,6 +233,7 @@ impl Application {
             .add_service(BillingServer::new(BillingService::new(
                 catalog.clone(),
                 Metering::new(catalog.clone(), store.clone(), limiter.clone()),
+                Credits::new(catalog.clone(), store.clone()),
             )))
             .add_service(KeysServer::new(KeysService::new(catalog)))
             .add_service(VerifyServer::new(VerifyService::new(verifier)))

@@ -47,6 +47,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A debit larger than the balance; nothing was taken.
+    #[error("{0}")]
+    InsufficientCredits(Shortfall),
     #[error("{0}")]
     Aborted(String),
     #[error("{0}")]
@@ -57,6 +60,24 @@ pub enum Error {
     Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Why a debit was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub credit_type: String,
+    pub balance: i64,
+    pub requested: i64,
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "insufficient {} credits: the balance is {}, the debit {}",
+            self.credit_type, self.balance, self.requested
+        )
+    }
 }
 
 fn join(violations: &[FieldViolation]) -> String {

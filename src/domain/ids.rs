@@ -44,3 +44,4 @@ id_type!(PlanId, "plan_", "plan");
 id_type!(TenantId, "ten_", "tenant");
 id_type!(KeyId, "key_", "key");
 id_type!(CredentialId, "cred_", "credential");
+id_type!(LedgerEntryId, "led_", "ledger entry");

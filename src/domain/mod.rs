@@ -1,5 +1,6 @@
 //! Domain types and rules. Nothing here knows about gRPC or SQL.
 pub mod credential;
+pub mod credits;
 pub mod error;
 pub mod ids;
 pub mod key;
@@ -10,7 +11,7 @@ pub mod tenant;
 pub mod text;
 pub mod verify;
 
-pub use error::{Error, FieldViolation, Result};
+pub use error::{Error, FieldViolation, Result, Shortfall};
 
 /// A point in time, always UTC and truncated to microseconds so that it
 /// survives a round trip through either database unchanged.

@@ -2,13 +2,18 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{from_timestamp, id, id_filter, new_tenant, tenant_patch, tenant_status_filter},
+    convert::{
+        credit_change, entry_to_pb, from_timestamp, id, id_filter, new_tenant, tenant_patch,
+        tenant_status_filter,
+    },
     pb::{self, billing_server},
 };
 use crate::{
     catalog::{Catalog, TenantRef},
+    credits::Credits,
     domain::{
         Error,
+        credits::{CreditType, EntryKind},
         ids::{PlanId, TenantId},
         page::PageRequest,
         tenant::ExternalId,
@@ -20,11 +25,16 @@ use crate::{
 pub struct BillingService {
     catalog: Catalog,
     metering: Metering,
+    credits: Credits,
 }
 
 impl BillingService {
-    pub fn new(catalog: Catalog, metering: Metering) -> Self {
-        Self { catalog, metering }
+    pub fn new(catalog: Catalog, metering: Metering, credits: Credits) -> Self {
+        Self {
+            catalog,
+            metering,
+            credits,
+        }
     }
 }
 
@@ -99,5 +109,65 @@ impl billing_server::Billing for BillingService {
             .map_err(Error::from)?;
         let report = self.metering.usage(tenant_id, at).await?;
         Ok(Response::new((&report).into()))
+    }
+
+    async fn grant_credits(&self, req: Request<pb::GrantCreditsRequest>) -> Reply<pb::CreditEntry> {
+        let r = req.into_inner();
+        let change = credit_change(
+            EntryKind::Grant,
+            &r.tenant_id,
+            &r.credit_type,
+            r.amount,
+            &r.idempotency_key,
+            r.expire_time.as_ref(),
+        )?;
+        let applied = self.credits.apply(change).await?;
+        Ok(Response::new((&applied).into()))
+    }
+
+    async fn debit_credits(&self, req: Request<pb::DebitCreditsRequest>) -> Reply<pb::CreditEntry> {
+        let r = req.into_inner();
+        let change = credit_change(
+            EntryKind::Debit,
+            &r.tenant_id,
+            &r.credit_type,
+            r.amount,
+            &r.idempotency_key,
+            None,
+        )?;
+        let applied = self.credits.apply(change).await?;
+        Ok(Response::new((&applied).into()))
+    }
+
+    async fn get_balances(
+        &self,
+        req: Request<pb::GetBalancesRequest>,
+    ) -> Reply<pb::GetBalancesResponse> {
+        let tenant_id = id("tenant_id", &req.into_inner().tenant_id, TenantId::parse)?;
+        let balances = self.credits.balances(tenant_id).await?;
+        Ok(Response::new(pb::GetBalancesResponse {
+            tenant_id: tenant_id.to_string(),
+            balances: balances.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_ledger(
+        &self,
+        req: Request<pb::ListLedgerRequest>,
+    ) -> Reply<pb::ListLedgerResponse> {
+        let req = req.into_inner();
+        let tenant_id = id("tenant_id", &req.tenant_id, TenantId::parse)?;
+        let credit_type = id_filter("credit_type", &req.credit_type, CreditType::parse)?;
+        let page = PageRequest::parse(
+            req.page_size,
+            &req.page_token,
+            format!("ledger;tenant={};type={}", req.tenant_id, req.credit_type),
+        )
+        .map_err(Error::from)?;
+        let page = self.credits.ledger(tenant_id, credit_type, page).await?;
+        Ok(Response::new(pb::ListLedgerResponse {
+            entries: page.items.iter().map(|e| entry_to_pb(e, false)).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 }

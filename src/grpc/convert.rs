@@ -5,6 +5,13 @@ use std::collections::HashMap;
 use prost_types::{FieldMask, Timestamp as PbTimestamp};
 
 use super::pb;
+use crate::domain::{
+    credits::{
+        Applied, Balance, CreditChange, CreditType, EntryKind, IdempotencyKey, LedgerEntry,
+        parse_amount,
+    },
+    ids::TenantId,
+};
 use crate::{
     catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, TenantPatch},
     domain::{
@@ -725,5 +732,77 @@ pub fn key_to_pb(k: &ApiKey, at: Timestamp) -> pb::Key {
         update_time: Some(timestamp(k.updated_at)),
         last_used_time: k.last_used_at.map(timestamp),
         revoke_time: k.revoked_at.map(timestamp),
+    }
+}
+
+/// A grant or debit request, every field checked at once.
+pub fn credit_change(
+    kind: EntryKind,
+    tenant_id: &str,
+    credit_type: &str,
+    amount: i64,
+    idempotency_key: &str,
+    expire_time: Option<&PbTimestamp>,
+) -> Result<CreditChange> {
+    let mut v = Violations::default();
+    let tenant_id = if tenant_id.is_empty() {
+        v.push("tenant_id", "is required");
+        None
+    } else {
+        v.check("", TenantId::parse("tenant_id", tenant_id))
+    };
+    let credit_type = v.check("", CreditType::parse("credit_type", credit_type));
+    let amount = v.check("", parse_amount("amount", amount));
+    let idempotency_key = v.check(
+        "",
+        IdempotencyKey::parse("idempotency_key", idempotency_key),
+    );
+    let expires_at = match expire_time {
+        Some(t) => v.check("", from_timestamp("expire_time", t)).map(Some),
+        None => Some(None),
+    };
+    v.finish(|| {
+        Some(CreditChange {
+            tenant_id: tenant_id?,
+            credit_type: credit_type?,
+            kind,
+            amount: amount?,
+            idempotency_key: idempotency_key?,
+            expires_at: expires_at?,
+        })
+    })
+}
+
+pub fn entry_to_pb(e: &LedgerEntry, replayed: bool) -> pb::CreditEntry {
+    pb::CreditEntry {
+        id: e.id.to_string(),
+        tenant_id: e.tenant_id.to_string(),
+        credit_type: e.credit_type.as_str().to_owned(),
+        kind: match e.kind {
+            EntryKind::Grant => pb::CreditEntryKind::Grant,
+            EntryKind::Debit => pb::CreditEntryKind::Debit,
+        } as i32,
+        amount: e.amount,
+        balance_after: e.balance_after,
+        idempotency_key: e.idempotency_key.as_str().to_owned(),
+        expire_time: e.expires_at.map(timestamp),
+        create_time: Some(timestamp(e.created_at)),
+        replayed,
+    }
+}
+
+impl From<&Applied> for pb::CreditEntry {
+    fn from(a: &Applied) -> Self {
+        entry_to_pb(&a.entry, a.replayed)
+    }
+}
+
+impl From<&Balance> for pb::CreditBalance {
+    fn from(b: &Balance) -> Self {
+        pb::CreditBalance {
+            credit_type: b.credit_type.as_str().to_owned(),
+            balance: b.balance,
+            next_expire_time: b.next_expiry.map(timestamp),
+        }
     }
 }

@@ -18,6 +18,18 @@ impl From<Error> for Status {
             e @ Error::NotFound { .. } => Status::not_found(e.to_string()),
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::InsufficientCredits(s) => {
+                let details = ErrorDetails::with_error_info(
+                    "INSUFFICIENT_CREDITS",
+                    "tollgate.v1",
+                    [
+                        ("credit_type".to_owned(), s.credit_type.clone()),
+                        ("balance".to_owned(), s.balance.to_string()),
+                        ("requested".to_owned(), s.requested.to_string()),
+                    ],
+                );
+                Status::with_error_details(Code::FailedPrecondition, s.to_string(), details)
+            }
             Error::Aborted(m) => Status::aborted(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use crate::domain::{
     Result, Timestamp,
     credential::{Credential, Scope},
+    credits::{Applied, Balance, CreditChange, CreditType, LedgerEntry},
     ids::{KeyId, PlanId, TenantId},
     key::ApiKey,
     page::PageRequest,
@@ -126,4 +127,25 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// The unrevoked credential whose token hashes to `token`.
     async fn find_credential(&self, token: SecretHash) -> Result<Option<Credential>>;
     async fn count_credentials(&self, scope: Scope) -> Result<i64>;
+}
+
+/// Credit ledgers. Grants and debits of one tenant and credit type apply one
+/// at a time, so a balance never goes below zero under concurrency.
+#[async_trait]
+pub trait CreditStore: Send + Sync + 'static {
+    /// Applies the grant or debit at `at` in one transaction, or returns the
+    /// entry an earlier change with the same idempotency key made
+    /// (`replayed`). The same key with another change is `AlreadyExists`; a
+    /// debit over the balance is `InsufficientCredits`. Neither writes.
+    async fn apply_credit(&self, change: &CreditChange, at: Timestamp) -> Result<Applied>;
+    /// Every credit type the tenant has had, with its balance at `at`
+    /// (expired grants no longer count).
+    async fn balances(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<Balance>>;
+    /// Ledger entries, oldest first.
+    async fn list_ledger(
+        &self,
+        tenant_id: TenantId,
+        credit_type: Option<&CreditType>,
+        page: &PageRequest,
+    ) -> Result<Vec<LedgerEntry>>;
 }

@@ -30,6 +30,8 @@ use crate::domain::{
     to_micros,
 };
 
+mod credits;
+
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! the real binary with grpcurl and Python grpcio clients.
 mod bad_input;
 mod catalog_rules;
+mod credits;
 mod e2e_grpcurl;
 mod e2e_python;
 mod helpers;
