@@ -280,7 +280,7 @@ async fn answer_size(call: &Call, channel: &Channel, token: &str) -> usize {
                 key: secret.clone(),
                 resource: "calls".into(),
                 units: Some(0),
-                required_features: vec![],
+                ..Default::default()
             },
             token,
         ))
@@ -320,6 +320,7 @@ async fn attempt(call: &Call, channel: &Channel, token: &str) -> Result<(), toni
                     resource: "calls".into(),
                     units: None,
                     required_features: vec![],
+                    ..Default::default()
                 },
                 token,
             );

@@ -173,7 +173,12 @@ impl Application {
                 ))
             }
         };
-        let verifier = Arc::new(Verifier::new(store.clone(), cache, limiter.clone()));
+        let verifier = Arc::new(Verifier::new(
+            store.clone(),
+            cache,
+            limiter.clone(),
+            store.clone(),
+        ));
         let flusher = tokio::spawn(flush_every(
             limiter.clone(),
             Duration::from_millis(self.config.usage_flush_millis),

@@ -10,6 +10,7 @@ use crate::{
     catalog::{Change, ChangeListener},
     domain::{
         Error, Result, Timestamp,
+        credits::CreditType,
         ids::{KeyId, TenantId},
         key::ApiKey,
         now,
@@ -22,7 +23,7 @@ use crate::{
         },
     },
     limiter::{Admission, Decision, Limiter, QuotaCharge, UsageKey},
-    store::CatalogStore,
+    store::{CatalogStore, CreditStore},
 };
 
 /// Everything a verification needs about a secret, loaded together.
@@ -126,6 +127,8 @@ pub struct Verdict {
     pub features: Vec<String>,
     pub rate: Option<(RateLimit, BucketOutcome)>,
     pub quota: Option<QuotaView>,
+    /// The credit type checked, its balance, and the credits asked for.
+    pub credits: Option<(CreditType, i64, i64)>,
     pub at: Timestamp,
 }
 
@@ -144,6 +147,7 @@ pub struct Verifier {
     store: Arc<dyn CatalogStore>,
     cache: Arc<EntitlementCache>,
     limiter: Arc<dyn Limiter>,
+    credits: Arc<dyn CreditStore>,
 }
 
 impl Verifier {
@@ -151,11 +155,13 @@ impl Verifier {
         store: Arc<dyn CatalogStore>,
         cache: Arc<EntitlementCache>,
         limiter: Arc<dyn Limiter>,
+        credits: Arc<dyn CreditStore>,
     ) -> Self {
         Self {
             store,
             cache,
             limiter,
+            credits,
         }
     }
 
@@ -201,6 +207,7 @@ impl Verifier {
             features: Vec::new(),
             rate: None,
             quota: None,
+            credits: None,
             at,
         };
         let hash = SecretHash::of(&input.secret);
@@ -234,6 +241,16 @@ impl Verifier {
         if !has_features(&e.plan, &input.required_features) {
             verdict.code = VerifyCode::FeatureNotInPlan;
             return Ok(verdict);
+        }
+        // Before the limiter, so a call refused for credits consumes no
+        // token and no unit. Only calls that name a credit type read SQL.
+        if let Some((credit_type, needed)) = &input.credits {
+            let balance = self.credits.balance(e.tenant.id, credit_type, at).await?;
+            verdict.credits = Some((credit_type.clone(), balance, *needed));
+            if balance < *needed {
+                verdict.code = VerifyCode::InsufficientCredits;
+                return Ok(verdict);
+            }
         }
         let (rate, bucket) = rate_limit_for(&e.key, &e.plan);
         // The quota in force on the resource charged; none: unmetered.

@@ -7,6 +7,7 @@ use time::{Date, Month, OffsetDateTime, Time};
 
 use super::{
     FieldViolation, Timestamp,
+    credits::CreditType,
     key::{ApiKey, KeyStatus},
     plan::{BillingInterval, Overage, Plan, Quota, QuotaReset, RateLimit, Resource},
     tenant::{Tenant, TenantStatus},
@@ -26,6 +27,7 @@ pub enum VerifyCode {
     FeatureNotInPlan,
     RateLimited,
     QuotaExceeded,
+    InsufficientCredits,
 }
 
 impl VerifyCode {
@@ -34,7 +36,7 @@ impl VerifyCode {
         match self {
             Self::Valid => 200,
             Self::KeyNotFound | Self::KeyRevoked | Self::KeyExpired | Self::KeyDisabled => 401,
-            Self::TenantInactive => 402,
+            Self::TenantInactive | Self::InsufficientCredits => 402,
             Self::FeatureNotInPlan => 403,
             Self::RateLimited | Self::QuotaExceeded => 429,
         }
@@ -49,7 +51,12 @@ pub struct VerifyInput {
     /// 0 asks without consuming.
     pub units: i64,
     pub required_features: Vec<String>,
+    /// The credit type the call will spend and how many it needs.
+    pub credits: Option<(CreditType, i64)>,
 }
+
+/// The most credits one Verify may ask for.
+pub const MAX_CREDIT_UNITS: i64 = 1_000_000_000_000;
 
 impl VerifyInput {
     pub fn parse(
@@ -57,6 +64,8 @@ impl VerifyInput {
         resource: &str,
         units: Option<i64>,
         required_features: Vec<String>,
+        credit_type: &str,
+        credit_units: Option<i64>,
     ) -> Result<Self, Vec<FieldViolation>> {
         let mut errors = Vec::new();
         if secret.is_empty() {
@@ -84,12 +93,32 @@ impl VerifyInput {
                 "must have at most 100 entries",
             ));
         }
+        let credit_units_ok = |n: i64| (1..=MAX_CREDIT_UNITS).contains(&n);
+        let credits = match (credit_type, credit_units) {
+            ("", None) => None,
+            ("", Some(_)) => {
+                errors.push(FieldViolation::new("credit_units", "needs credit_type"));
+                None
+            }
+            (_, Some(n)) if !credit_units_ok(n) => {
+                errors.push(FieldViolation::new(
+                    "credit_units",
+                    format!("must be between 1 and {MAX_CREDIT_UNITS}"),
+                ));
+                None
+            }
+            (t, n) => CreditType::parse("credit_type", t)
+                .map_err(|e| errors.push(e))
+                .ok()
+                .map(|t| (t, n.unwrap_or(1))),
+        };
         if errors.is_empty() {
             Ok(Self {
                 secret,
                 resource,
                 units,
                 required_features,
+                credits,
             })
         } else {
             Err(errors)

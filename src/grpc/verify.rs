@@ -34,6 +34,7 @@ fn code_to_pb(code: VerifyCode) -> pb::VerifyCode {
         VerifyCode::FeatureNotInPlan => pb::VerifyCode::FeatureNotInPlan,
         VerifyCode::RateLimited => pb::VerifyCode::RateLimited,
         VerifyCode::QuotaExceeded => pb::VerifyCode::QuotaExceeded,
+        VerifyCode::InsufficientCredits => pb::VerifyCode::InsufficientCredits,
     }
 }
 
@@ -70,6 +71,13 @@ fn verdict_to_pb(v: Verdict) -> pb::VerifyResponse {
         }),
         http_status: i32::from(v.code.http_status()),
         headers,
+        credits: v
+            .credits
+            .map(|(credit_type, balance, required)| pb::CreditStatus {
+                credit_type: credit_type.as_str().to_owned(),
+                balance,
+                required,
+            }),
     }
 }
 
@@ -80,8 +88,15 @@ impl verify_server::Verify for VerifyService {
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let req = req.into_inner();
-        let input = VerifyInput::parse(req.key, &req.resource, req.units, req.required_features)
-            .map_err(Error::InvalidArgument)?;
+        let input = VerifyInput::parse(
+            req.key,
+            &req.resource,
+            req.units,
+            req.required_features,
+            &req.credit_type,
+            req.credit_units,
+        )
+        .map_err(Error::InvalidArgument)?;
         let verdict = self.verifier.verify(&input).await?;
         Ok(Response::new(verdict_to_pb(verdict)))
     }

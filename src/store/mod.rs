@@ -141,6 +141,13 @@ pub trait CreditStore: Send + Sync + 'static {
     /// Every credit type the tenant has had, with its balance at `at`
     /// (expired grants no longer count).
     async fn balances(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<Balance>>;
+    /// One credit type's balance at `at`; 0 when the tenant never had any.
+    async fn balance(
+        &self,
+        tenant_id: TenantId,
+        credit_type: &CreditType,
+        at: Timestamp,
+    ) -> Result<i64>;
     /// Ledger entries, oldest first.
     async fn list_ledger(
         &self,

@@ -3,7 +3,8 @@
 //! expiring grants, and bad input refused without a write.
 use tollgate::grpc::pb::{
     CreditEntry, CreditEntryKind, DebitCreditsRequest, GetBalancesRequest, GrantCreditsRequest,
-    ListLedgerRequest, billing_client::BillingClient,
+    ListLedgerRequest, VerifyCode, VerifyRequest, VerifyResponse, billing_client::BillingClient,
+    verify_client::VerifyClient,
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -14,14 +15,20 @@ use crate::{
 };
 
 async fn start(backend: &str) -> (InProcess, String) {
+    let (server, _, tenant_id) = start_with_key(backend).await;
+    (server, tenant_id)
+}
+
+/// A server, and a tenant with a key: (server, secret, tenant id).
+async fn start_with_key(backend: &str) -> (InProcess, String, String) {
     let db = match backend {
         "sqlite" => TestDb::sqlite().await,
         _ => TestDb::postgres().await,
     };
     let server = InProcess::start(db).await;
-    let (_, _, tenant_id) =
+    let (secret, _, tenant_id) =
         setup_on(server.channel(), &server.admin_token, 600, 100, 1_000, 1).await;
-    (server, tenant_id)
+    (server, secret, tenant_id)
 }
 
 struct Ledger {
@@ -161,6 +168,7 @@ on_both_backends!(
     a_refused_debit_takes_nothing,
     expired_grants_stop_counting,
     bad_input_writes_nothing,
+    verify_checks_credits_without_debiting,
 );
 
 async fn grants_debits_and_the_ledger(backend: &str) {
@@ -418,4 +426,65 @@ async fn bad_input_writes_nothing(backend: &str) {
     assert_eq!(l.balance().await, 0);
     // Then the same key works: nothing of the refused calls was kept.
     assert_eq!(l.grant(10, "k").await.unwrap().balance_after, 10);
+}
+
+async fn verify_checks_credits_without_debiting(backend: &str) {
+    let (server, secret, tenant) = start_with_key(backend).await;
+    let l = Ledger::of(&server, &tenant);
+    let verify = |credit_type: &str, credit_units: Option<i64>| {
+        let request = server.verify(VerifyRequest {
+            key: secret.clone(),
+            resource: "chat_requests".into(),
+            credit_type: credit_type.into(),
+            credit_units,
+            ..Default::default()
+        });
+        let channel = server.channel();
+        async move {
+            VerifyClient::new(channel)
+                .verify(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let credits = |r: &VerifyResponse| {
+        let c = r.credits.as_ref().expect("the credit status");
+        (c.credit_type.clone(), c.balance, c.required)
+    };
+
+    let r = verify("gpt-4", Some(5)).await.unwrap();
+    assert_eq!(r.code, VerifyCode::InsufficientCredits as i32);
+    assert!(!r.valid);
+    assert_eq!(r.http_status, 402);
+    assert_eq!(credits(&r), ("gpt-4".into(), 0, 5));
+
+    l.grant(10, "seed").await.unwrap();
+    let r = verify("gpt-4", Some(5)).await.unwrap();
+    assert_eq!(r.code, VerifyCode::Valid as i32);
+    assert_eq!(credits(&r), ("gpt-4".into(), 10, 5));
+    // The refused call consumed no quota unit: this is the first one used.
+    assert_eq!(r.quota.as_ref().unwrap().used, 1);
+    assert_eq!(l.balance().await, 10, "Verify never debits");
+    let r = verify("gpt-4", None).await.unwrap();
+    assert_eq!(
+        credits(&r),
+        ("gpt-4".into(), 10, 1),
+        "one credit when unset"
+    );
+    let r = verify("gpt-4", Some(11)).await.unwrap();
+    assert_eq!(r.code, VerifyCode::InsufficientCredits as i32);
+    assert_eq!(r.quota, None, "refused before the quota");
+    let r = verify("", None).await.unwrap();
+    assert_eq!((r.code, r.credits), (VerifyCode::Valid as i32, None));
+
+    for (credit_type, units, field) in [
+        ("", Some(3), "credit_units"),
+        ("gpt-4", Some(0), "credit_units"),
+        ("gpt-4", Some(-1), "credit_units"),
+        ("GPT 4", None, "credit_type"),
+    ] {
+        let status = verify(credit_type, units).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
 }

@@ -66,6 +66,7 @@ fn readme_walkthrough_runs_as_written() {
         "\"httpStatus\": 200",
         "X-RateLimit-Remaining",
         "\nKEY_REVOKED\n",
+        "\n750\n",
     ] {
         assert!(
             stdout.contains(expected),

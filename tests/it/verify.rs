@@ -178,6 +178,7 @@ pub fn call(secret: &str, units: Option<i64>, features: &[&str]) -> VerifyReques
         resource: "chat_requests".into(),
         units,
         required_features: features.iter().map(|f| f.to_string()).collect(),
+        ..Default::default()
     }
 }
 

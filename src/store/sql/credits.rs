@@ -238,6 +238,26 @@ impl CreditStore for SqlStore {
         .collect()
     }
 
+    async fn balance(
+        &self,
+        tenant_id: TenantId,
+        credit_type: &CreditType,
+        at: Timestamp,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) AS balance FROM credit_grants \
+             WHERE tenant_id = $1 AND credit_type = $2 AND remaining > 0 \
+             AND (expires_at IS NULL OR expires_at > $3)",
+        )
+        .bind(tenant_id.to_string())
+        .bind(credit_type.as_str().to_owned())
+        .bind(to_micros(at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading a balance", ""))?;
+        int(&row, "balance")
+    }
+
     async fn list_ledger(
         &self,
         tenant_id: TenantId,
