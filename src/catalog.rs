@@ -101,6 +101,15 @@ pub struct KeyPatch {
     pub metadata: Option<Metadata>,
 }
 
+/// A self-service signup, parsed.
+pub struct Signup {
+    pub email: Email,
+    pub company: String,
+    pub name: String,
+    pub plan: Slug,
+    pub environment: KeyEnvironment,
+}
+
 /// A key together with its secret, which exists only in this value.
 pub struct IssuedKey {
     pub key: ApiKey,
@@ -273,29 +282,49 @@ impl Catalog {
 
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant> {
         let plan = self.assignable_plan(new.plan_id).await?;
-        let at = now();
-        let trial_days = i64::from(plan.spec.trial_days);
-        let status = new.status.unwrap_or(if trial_days > 0 {
-            TenantStatus::Trialing
-        } else {
-            TenantStatus::Active
-        });
-        let trial_end = match (status, new.trial_end) {
-            (_, Some(end)) => Some(end),
-            (TenantStatus::Trialing, None) => Some(at + time::Duration::days(trial_days)),
-            _ => None,
-        };
-        let tenant = Tenant {
-            id: TenantId::generate(),
-            profile: new.profile,
-            plan_id: plan.id,
-            status,
-            trial_end,
-            created_at: at,
-            updated_at: at,
-        };
+        let tenant = tenant_on(&plan, new, now());
         self.store.create_tenant(&tenant).await?;
         Ok(tenant)
+    }
+
+    /// Self-service signup: a tenant on the plan (trialing for the plan's
+    /// trial days, if any) and its first key, in one transaction.
+    pub async fn signup(&self, signup: Signup) -> Result<(Tenant, IssuedKey)> {
+        let plan = self.get_plan(&PlanRef::Slug(signup.plan)).await?;
+        let plan = self.assignable_plan(plan.id).await?;
+        let at = now();
+        let tenant = tenant_on(
+            &plan,
+            NewTenant {
+                profile: TenantProfile {
+                    external_id: None,
+                    email: Some(signup.email),
+                    name: signup.name,
+                    company: signup.company,
+                    metadata: Metadata::default(),
+                },
+                plan_id: plan.id,
+                status: None,
+                trial_end: None,
+            },
+            at,
+        );
+        let issued = issue_key(
+            NewKey {
+                tenant_id: tenant.id,
+                environment: signup.environment,
+                settings: KeySettings {
+                    name: "default".into(),
+                    ..KeySettings::default()
+                },
+            },
+            at,
+        );
+        self.store
+            .create_tenant_with_key(&tenant, &issued.key, issued.secret.hash())
+            .await?;
+        self.announce(Change::Key(issued.key.id));
+        Ok((tenant, issued))
     }
 
     pub async fn get_tenant(&self, tenant: &TenantRef) -> Result<Tenant> {
@@ -366,19 +395,7 @@ impl Catalog {
         if new.settings.expires_at.is_some_and(|at| at <= now()) {
             return Err(Error::invalid("key.expire_time", "must be in the future"));
         }
-        let secret = new.environment.issue_secret();
-        let at = now();
-        let key = ApiKey {
-            id: KeyId::generate(),
-            tenant_id: new.tenant_id,
-            environment: new.environment,
-            prefix: display_prefix(secret.expose()),
-            settings: new.settings,
-            created_at: at,
-            updated_at: at,
-            last_used_at: None,
-            revoked_at: None,
-        };
+        let IssuedKey { key, secret } = issue_key(new, now());
         self.store.create_key(&key, secret.hash()).await?;
         // Caches that remember unknown secrets must not outlive a new one.
         self.announce(Change::Key(key.id));
@@ -580,4 +597,48 @@ fn next_stamp(previous: Timestamp) -> Timestamp {
 
 fn contended(kind: &str, id: impl std::fmt::Display) -> Error {
     Error::Aborted(format!("{kind} {id} is being changed concurrently; retry"))
+}
+
+/// A new tenant on `plan`: trialing for the plan's trial days when it has
+/// any (unless told otherwise), else active.
+fn tenant_on(plan: &Plan, new: NewTenant, at: Timestamp) -> Tenant {
+    let trial_days = i64::from(plan.spec.trial_days);
+    let status = new.status.unwrap_or(if trial_days > 0 {
+        TenantStatus::Trialing
+    } else {
+        TenantStatus::Active
+    });
+    let trial_end = match (status, new.trial_end) {
+        (_, Some(end)) => Some(end),
+        (TenantStatus::Trialing, None) => Some(at + time::Duration::days(trial_days)),
+        _ => None,
+    };
+    Tenant {
+        id: TenantId::generate(),
+        profile: new.profile,
+        plan_id: plan.id,
+        status,
+        trial_end,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// A new key and its secret.
+fn issue_key(new: NewKey, at: Timestamp) -> IssuedKey {
+    let secret = new.environment.issue_secret();
+    IssuedKey {
+        key: ApiKey {
+            id: KeyId::generate(),
+            tenant_id: new.tenant_id,
+            environment: new.environment,
+            prefix: display_prefix(secret.expose()),
+            settings: new.settings,
+            created_at: at,
+            updated_at: at,
+            last_used_at: None,
+            revoked_at: None,
+        },
+        secret,
+    }
 }

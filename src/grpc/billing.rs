@@ -3,8 +3,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        credit_change, entry_to_pb, from_timestamp, id, id_filter, new_tenant, tenant_patch,
-        tenant_status_filter,
+        credit_change, entry_to_pb, from_timestamp, id, id_filter, key_to_pb, new_tenant, signup,
+        tenant_patch, tenant_status_filter,
     },
     pb::{self, billing_server},
 };
@@ -109,6 +109,15 @@ impl billing_server::Billing for BillingService {
             .map_err(Error::from)?;
         let report = self.metering.usage(tenant_id, at).await?;
         Ok(Response::new((&report).into()))
+    }
+
+    async fn signup(&self, req: Request<pb::SignupRequest>) -> Reply<pb::SignupResponse> {
+        let (tenant, issued) = self.catalog.signup(signup(req.into_inner())?).await?;
+        Ok(Response::new(pb::SignupResponse {
+            tenant: Some((&tenant).into()),
+            key: Some(key_to_pb(&issued.key, issued.key.created_at)),
+            secret: issued.secret.into_exposed(),
+        }))
     }
 
     async fn grant_credits(&self, req: Request<pb::GrantCreditsRequest>) -> Reply<pb::CreditEntry> {

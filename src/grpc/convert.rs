@@ -13,7 +13,7 @@ use crate::domain::{
     ids::TenantId,
 };
 use crate::{
-    catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, TenantPatch},
+    catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, Signup, TenantPatch},
     domain::{
         Error, FieldViolation, Result, Timestamp, from_micros,
         key::{ApiKey, KeyEnvironment, KeySettings, KeyStatus},
@@ -805,4 +805,27 @@ impl From<&Balance> for pb::CreditBalance {
             next_expire_time: b.next_expiry.map(timestamp),
         }
     }
+}
+
+pub fn signup(req: pb::SignupRequest) -> Result<Signup> {
+    let mut v = Violations::default();
+    let email = v.check("", Email::parse("email", &req.email));
+    let company = display_name(&mut v, "company", &req.company);
+    let name = v.check("", parse_name("name", &req.name));
+    let plan = if req.plan_slug.is_empty() {
+        v.push("plan_slug", "is required");
+        None
+    } else {
+        v.check("", Slug::parse("plan_slug", &req.plan_slug))
+    };
+    let environment = key_environment(&mut v, "environment", req.environment);
+    v.finish(|| {
+        Some(Signup {
+            email: email?,
+            company: company?,
+            name: name?,
+            plan: plan?,
+            environment: environment?,
+        })
+    })
 }

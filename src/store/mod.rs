@@ -60,6 +60,13 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Stores the key and the hash of its first secret, together.
     async fn create_key(&self, key: &ApiKey, secret: SecretHash) -> Result<()>;
+    /// Creates a tenant and its first key in one transaction (signup).
+    async fn create_tenant_with_key(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKey,
+        secret: SecretHash,
+    ) -> Result<()>;
     async fn get_key(&self, id: KeyId) -> Result<Option<ApiKey>>;
     async fn list_keys(&self, tenant_id: TenantId, page: &PageRequest) -> Result<Vec<ApiKey>>;
     /// The key one of whose secrets hashes to `secret` and is still valid at

@@ -338,6 +338,79 @@ fn bind_key_update<'q>(
         .bind(to_micros(expected))
 }
 
+async fn insert_tenant<'e, E>(executor: E, t: &Tenant) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO tenants ({TENANT_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(t.id.to_string())
+    .bind(
+        t.profile
+            .external_id
+            .as_ref()
+            .map(|e| e.as_str().to_owned()),
+    )
+    .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
+    .bind(t.profile.name.clone())
+    .bind(t.profile.company.clone())
+    .bind(t.plan_id.to_string())
+    .bind(t.status.as_str())
+    .bind(t.trial_end.map(to_micros))
+    .bind(json(&t.profile.metadata))
+    .bind(to_micros(t.created_at))
+    .bind(to_micros(t.updated_at))
+    .execute(executor)
+    .await
+    .map_err(db(
+        "creating a tenant",
+        "a tenant with this external id exists already",
+    ))?;
+    Ok(())
+}
+
+async fn insert_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &ApiKey,
+    secret: SecretHash,
+) -> Result<()> {
+    let s = &key.settings;
+    sqlx::query(&format!(
+        "INSERT INTO api_keys ({KEY_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    ))
+    .bind(key.id.to_string())
+    .bind(key.tenant_id.to_string())
+    .bind(s.name.clone())
+    .bind(key.environment.as_str())
+    .bind(key.prefix.clone())
+    .bind(i64::from(s.disabled))
+    .bind(s.expires_at.map(to_micros))
+    .bind(s.rate_limit_override.as_ref().map(json))
+    .bind(json(&s.quota_overrides))
+    .bind(json(&s.metadata))
+    .bind(to_micros(key.created_at))
+    .bind(to_micros(key.updated_at))
+    .bind(key.last_used_at.map(to_micros))
+    .bind(key.revoked_at.map(to_micros))
+    .execute(&mut **tx)
+    .await
+    .map_err(db("creating a key", ""))?;
+    sqlx::query(
+        "INSERT INTO api_key_secrets (secret_hash, key_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, NULL)",
+    )
+    .bind(secret.to_hex())
+    .bind(key.id.to_string())
+    .bind(to_micros(key.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(db("storing a key's secret", ""))?;
+    Ok(())
+}
+
 #[async_trait]
 impl CatalogStore for SqlStore {
     async fn create_plan(&self, plan: &Plan) -> Result<()> {
@@ -491,33 +564,7 @@ impl CatalogStore for SqlStore {
     }
 
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO tenants ({TENANT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(t.id.to_string())
-        .bind(
-            t.profile
-                .external_id
-                .as_ref()
-                .map(|e| e.as_str().to_owned()),
-        )
-        .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
-        .bind(t.profile.name.clone())
-        .bind(t.profile.company.clone())
-        .bind(t.plan_id.to_string())
-        .bind(t.status.as_str())
-        .bind(t.trial_end.map(to_micros))
-        .bind(json(&t.profile.metadata))
-        .bind(to_micros(t.created_at))
-        .bind(to_micros(t.updated_at))
-        .execute(&self.pool)
-        .await
-        .map_err(db(
-            "creating a tenant",
-            "a tenant with this external id exists already",
-        ))?;
-        Ok(())
+        insert_tenant(&self.pool, t).await
     }
 
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
@@ -597,39 +644,20 @@ impl CatalogStore for SqlStore {
 
     async fn create_key(&self, key: &ApiKey, secret: SecretHash) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("creating a key", ""))?;
-        let s = &key.settings;
-        sqlx::query(&format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        ))
-        .bind(key.id.to_string())
-        .bind(key.tenant_id.to_string())
-        .bind(s.name.clone())
-        .bind(key.environment.as_str())
-        .bind(key.prefix.clone())
-        .bind(i64::from(s.disabled))
-        .bind(s.expires_at.map(to_micros))
-        .bind(s.rate_limit_override.as_ref().map(json))
-        .bind(json(&s.quota_overrides))
-        .bind(json(&s.metadata))
-        .bind(to_micros(key.created_at))
-        .bind(to_micros(key.updated_at))
-        .bind(key.last_used_at.map(to_micros))
-        .bind(key.revoked_at.map(to_micros))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("creating a key", ""))?;
-        sqlx::query(
-            "INSERT INTO api_key_secrets (secret_hash, key_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, NULL)",
-        )
-        .bind(secret.to_hex())
-        .bind(key.id.to_string())
-        .bind(to_micros(key.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("storing a key's secret", ""))?;
+        insert_key(&mut tx, key, secret).await?;
         tx.commit().await.map_err(db("creating a key", ""))
+    }
+
+    async fn create_tenant_with_key(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKey,
+        secret: SecretHash,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("signing up", ""))?;
+        insert_tenant(&mut *tx, tenant).await?;
+        insert_key(&mut tx, key, secret).await?;
+        tx.commit().await.map_err(db("signing up", ""))
     }
 
     async fn get_key(&self, id: KeyId) -> Result<Option<ApiKey>> {

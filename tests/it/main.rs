@@ -11,5 +11,6 @@ mod helpers;
 mod readme;
 mod replicas;
 mod restart;
+mod signup;
 mod store;
 mod verify;

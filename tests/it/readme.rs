@@ -67,6 +67,7 @@ fn readme_walkthrough_runs_as_written() {
         "X-RateLimit-Remaining",
         "\nKEY_REVOKED\n",
         "\n750\n",
+        "\nTENANT_STATUS_ACTIVE\n",
     ] {
         assert!(
             stdout.contains(expected),
