@@ -14,17 +14,13 @@ use crate::{
     verify::setup_on,
 };
 
-async fn start(backend: &str) -> (InProcess, String) {
-    let (server, _, tenant_id) = start_with_key(backend).await;
+async fn start(db: TestDb) -> (InProcess, String) {
+    let (server, _, tenant_id) = start_with_key(db).await;
     (server, tenant_id)
 }
 
 /// A server, and a tenant with a key: (server, secret, tenant id).
-async fn start_with_key(backend: &str) -> (InProcess, String, String) {
-    let db = match backend {
-        "sqlite" => TestDb::sqlite().await,
-        _ => TestDb::postgres().await,
-    };
+async fn start_with_key(db: TestDb) -> (InProcess, String, String) {
     let server = InProcess::start(db).await;
     let (secret, _, tenant_id) =
         setup_on(server.channel(), &server.admin_token, 600, 100, 1_000, 1).await;
@@ -145,23 +141,7 @@ fn assert_insufficient(status: &Status) {
     assert_eq!(info.reason, "INSUFFICIENT_CREDITS");
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {$(
-        mod $case {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$case("sqlite").await
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                super::$case("postgres").await
-            }
-        }
-    )+};
-}
-
-on_both_backends!(
+crate::conformance!(
     grants_debits_and_the_ledger,
     concurrent_debits_never_overdraw,
     a_retried_debit_applies_once,
@@ -171,8 +151,8 @@ on_both_backends!(
     verify_checks_credits_without_debiting,
 );
 
-async fn grants_debits_and_the_ledger(backend: &str) {
-    let (server, tenant) = start(backend).await;
+async fn grants_debits_and_the_ledger(db: TestDb) {
+    let (server, tenant) = start(db).await;
     let l = Ledger::of(&server, &tenant);
     let g = l.grant(100, "g1").await.unwrap();
     assert_eq!(
@@ -225,8 +205,8 @@ async fn grants_debits_and_the_ledger(backend: &str) {
     assert!(entries.iter().all(|e| e.create_time.is_some()));
 }
 
-async fn concurrent_debits_never_overdraw(backend: &str) {
-    let (server, tenant) = start(backend).await;
+async fn concurrent_debits_never_overdraw(db: TestDb) {
+    let (server, tenant) = start(db).await;
     let l = std::sync::Arc::new(Ledger::of(&server, &tenant));
     l.grant(50, "seed").await.unwrap();
     let calls: Vec<_> = (0..100)
@@ -256,8 +236,8 @@ async fn concurrent_debits_never_overdraw(backend: &str) {
     assert_eq!(after, (0..50).collect::<Vec<i64>>());
 }
 
-async fn a_retried_debit_applies_once(backend: &str) {
-    let (server, tenant) = start(backend).await;
+async fn a_retried_debit_applies_once(db: TestDb) {
+    let (server, tenant) = start(db).await;
     let l = std::sync::Arc::new(Ledger::of(&server, &tenant));
     l.grant(10, "seed").await.unwrap();
     // A client retrying one debit, its attempts overlapping.
@@ -278,8 +258,8 @@ async fn a_retried_debit_applies_once(backend: &str) {
     assert_eq!(debits(&l.entries().await), 1);
 }
 
-async fn a_refused_debit_takes_nothing(backend: &str) {
-    let (server, tenant) = start(backend).await;
+async fn a_refused_debit_takes_nothing(db: TestDb) {
+    let (server, tenant) = start(db).await;
     let l = Ledger::of(&server, &tenant);
     l.grant(5, "seed").await.unwrap();
     let status = l.debit(6, "big").await.unwrap_err();
@@ -304,8 +284,8 @@ async fn a_refused_debit_takes_nothing(backend: &str) {
     assert_insufficient(&other);
 }
 
-async fn expired_grants_stop_counting(backend: &str) {
-    let (server, tenant) = start(backend).await;
+async fn expired_grants_stop_counting(db: TestDb) {
+    let (server, tenant) = start(db).await;
     let l = Ledger::of(&server, &tenant);
     let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(1_500);
     let expiring = l
@@ -334,8 +314,8 @@ async fn expired_grants_stop_counting(backend: &str) {
     assert_eq!(d.balance_after, 0);
 }
 
-async fn bad_input_writes_nothing(backend: &str) {
-    let (server, tenant) = start(backend).await;
+async fn bad_input_writes_nothing(db: TestDb) {
+    let (server, tenant) = start(db).await;
     let l = Ledger::of(&server, &tenant);
     let grant = || GrantCreditsRequest {
         tenant_id: tenant.clone(),
@@ -428,8 +408,8 @@ async fn bad_input_writes_nothing(backend: &str) {
     assert_eq!(l.grant(10, "k").await.unwrap().balance_after, 10);
 }
 
-async fn verify_checks_credits_without_debiting(backend: &str) {
-    let (server, secret, tenant) = start_with_key(backend).await;
+async fn verify_checks_credits_without_debiting(db: TestDb) {
+    let (server, secret, tenant) = start_with_key(db).await;
     let l = Ledger::of(&server, &tenant);
     let verify = |credit_type: &str, credit_units: Option<i64>| {
         let request = server.verify(VerifyRequest {

@@ -13,11 +13,7 @@ use tonic::Code;
 
 use crate::helpers::{InProcess, TestDb, valid_plan};
 
-async fn start(backend: &str) -> InProcess {
-    let db = match backend {
-        "sqlite" => TestDb::sqlite().await,
-        _ => TestDb::postgres().await,
-    };
+async fn start(db: TestDb) -> InProcess {
     let server = InProcess::start(db).await;
     for (slug, trial_days) in [("trial", 14), ("paid", 0)] {
         server
@@ -76,30 +72,14 @@ async fn tenant_count(server: &InProcess) -> usize {
         .len()
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {$(
-        mod $case {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$case("sqlite").await
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                super::$case("postgres").await
-            }
-        }
-    )+};
-}
-
-on_both_backends!(
+crate::conformance!(
     a_trial_verifies_until_it_ends,
     a_plan_without_trial_is_active,
     bad_signups_write_nothing,
 );
 
-async fn a_trial_verifies_until_it_ends(backend: &str) {
-    let server = start(backend).await;
+async fn a_trial_verifies_until_it_ends(db: TestDb) {
+    let server = start(db).await;
     let before = SystemTime::now();
     let r = signup(&server, request("trial")).await.unwrap();
     let tenant = r.tenant.unwrap();
@@ -138,8 +118,8 @@ async fn a_trial_verifies_until_it_ends(backend: &str) {
     );
 }
 
-async fn a_plan_without_trial_is_active(backend: &str) {
-    let server = start(backend).await;
+async fn a_plan_without_trial_is_active(db: TestDb) {
+    let server = start(db).await;
     let r = signup(
         &server,
         SignupRequest {
@@ -156,8 +136,8 @@ async fn a_plan_without_trial_is_active(backend: &str) {
     assert_eq!(verify(&server, &r.secret).await, VerifyCode::Valid as i32);
 }
 
-async fn bad_signups_write_nothing(backend: &str) {
-    let server = start(backend).await;
+async fn bad_signups_write_nothing(db: TestDb) {
+    let server = start(db).await;
     let archived = server
         .plans()
         .create_plan(server.admin(CreatePlanRequest {
