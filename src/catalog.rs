@@ -619,6 +619,7 @@ fn tenant_on(plan: &Plan, new: NewTenant, at: Timestamp) -> Tenant {
         plan_id: plan.id,
         status,
         trial_end,
+        billing_period: None,
         created_at: at,
         updated_at: at,
     }

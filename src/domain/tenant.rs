@@ -96,6 +96,9 @@ pub struct Tenant {
     pub plan_id: PlanId,
     pub status: TenantStatus,
     pub trial_end: Option<Timestamp>,
+    /// The current billing period, as the tenant's subscription reports it;
+    /// `None` for tenants without one.
+    pub billing_period: Option<super::verify::Period>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

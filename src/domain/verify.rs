@@ -149,7 +149,8 @@ pub fn tenant_active(tenant: &Tenant, at: Timestamp) -> bool {
         TenantStatus::Trialing => tenant.trial_end.is_none_or(|end| at < end),
         // Access after cancellation lasts until the paid period ends; with no
         // period known, it has ended.
-        TenantStatus::Canceled | TenantStatus::Revoked => false,
+        TenantStatus::Canceled => tenant.billing_period.is_some_and(|p| at < p.end),
+        TenantStatus::Revoked => false,
     }
 }
 
@@ -255,13 +256,21 @@ pub struct Period {
     pub end: Timestamp,
 }
 
-/// The period of `tenant`'s quotas on `plan` that contains `at`; billing
-/// periods are anchored at the tenant's creation.
+/// The period of `tenant`'s quotas on `plan` that contains `at`. Billing
+/// periods are the subscription's own when `at` falls in it, else anchored
+/// at its start (or, without a subscription, at the tenant's creation).
 pub fn tenant_period(plan: &Plan, tenant: &Tenant, at: Timestamp) -> Period {
+    if plan.spec.quota_reset == QuotaReset::BillingPeriod
+        && let Some(p) = tenant.billing_period
+        && p.start <= at
+        && at < p.end
+    {
+        return p;
+    }
     quota_period(
         plan.spec.quota_reset,
         plan.spec.billing_interval,
-        tenant.created_at,
+        tenant.billing_period.map_or(tenant.created_at, |p| p.start),
         at,
     )
 }

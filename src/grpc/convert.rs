@@ -702,6 +702,8 @@ impl From<&Tenant> for pb::Tenant {
             metadata: t.profile.metadata.entries().clone().into_iter().collect(),
             create_time: Some(timestamp(t.created_at)),
             update_time: Some(timestamp(t.updated_at)),
+            current_period_start: t.billing_period.map(|p| timestamp(p.start)),
+            current_period_end: t.billing_period.map(|p| timestamp(p.end)),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::domain::{
     tenant::{Email, ExternalId, Tenant, TenantProfile, TenantStatus},
     text::Metadata,
     to_micros,
+    verify::Period,
 };
 
 mod credits;
@@ -258,6 +259,10 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
         plan_id: parsed("plan_id", PlanId::parse("", &text(row, "plan_id")?))?,
         status: TenantStatus::from_name(&text(row, "status")?).ok_or_else(|| corrupt("status"))?,
         trial_end: opt_time(row, "trial_end")?,
+        billing_period: match (opt_time(row, "period_start")?, opt_time(row, "period_end")?) {
+            (Some(start), Some(end)) => Some(Period { start, end }),
+            _ => None,
+        },
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
     })
@@ -306,7 +311,7 @@ const PLAN_COLUMNS: &str = "id, slug, display_name, price_amount_minor, price_cu
     billing_interval, trial_days, rate_limit, quotas, features, quota_reset_day, archived, \
     created_at, updated_at";
 const TENANT_COLUMNS: &str = "id, external_id, email, name, company, plan_id, status, \
-    trial_end, metadata, created_at, updated_at";
+    trial_end, metadata, created_at, updated_at, period_start, period_end";
 const KEY_COLUMNS: &str = "id, tenant_id, name, environment, prefix, disabled, expires_at, \
     rate_limit_override, quota_overrides, metadata, created_at, updated_at, last_used_at, \
     revoked_at";
@@ -344,7 +349,7 @@ where
 {
     sqlx::query(&format!(
         "INSERT INTO tenants ({TENANT_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     ))
     .bind(t.id.to_string())
     .bind(
@@ -362,6 +367,8 @@ where
     .bind(json(&t.profile.metadata))
     .bind(to_micros(t.created_at))
     .bind(to_micros(t.updated_at))
+    .bind(t.billing_period.map(|p| to_micros(p.start)))
+    .bind(t.billing_period.map(|p| to_micros(p.end)))
     .execute(executor)
     .await
     .map_err(db(
@@ -409,6 +416,43 @@ async fn insert_key(
     .await
     .map_err(db("storing a key's secret", ""))?;
     Ok(())
+}
+
+/// Writes the tenant if its row still has `updated_at = expected`.
+async fn update_tenant<'e, E>(executor: E, t: &Tenant, expected: Timestamp) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(
+        "UPDATE tenants SET external_id = $2, email = $3, name = $4, company = $5, \
+         plan_id = $6, status = $7, trial_end = $8, metadata = $9, updated_at = $10, \
+         period_start = $12, period_end = $13 WHERE id = $1 AND updated_at = $11",
+    )
+    .bind(t.id.to_string())
+    .bind(
+        t.profile
+            .external_id
+            .as_ref()
+            .map(|e| e.as_str().to_owned()),
+    )
+    .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
+    .bind(t.profile.name.clone())
+    .bind(t.profile.company.clone())
+    .bind(t.plan_id.to_string())
+    .bind(t.status.as_str())
+    .bind(t.trial_end.map(to_micros))
+    .bind(json(&t.profile.metadata))
+    .bind(to_micros(t.updated_at))
+    .bind(to_micros(expected))
+    .bind(t.billing_period.map(|p| to_micros(p.start)))
+    .bind(t.billing_period.map(|p| to_micros(p.end)))
+    .execute(executor)
+    .await
+    .map_err(db(
+        "updating a tenant",
+        "a tenant with this external id exists already",
+    ))?;
+    Ok(done.rows_affected() == 1)
 }
 
 #[async_trait]
@@ -612,34 +656,7 @@ impl CatalogStore for SqlStore {
     }
 
     async fn replace_tenant(&self, t: &Tenant, expected: Timestamp) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE tenants SET external_id = $2, email = $3, name = $4, company = $5, \
-             plan_id = $6, status = $7, trial_end = $8, metadata = $9, updated_at = $10 \
-             WHERE id = $1 AND updated_at = $11",
-        )
-        .bind(t.id.to_string())
-        .bind(
-            t.profile
-                .external_id
-                .as_ref()
-                .map(|e| e.as_str().to_owned()),
-        )
-        .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
-        .bind(t.profile.name.clone())
-        .bind(t.profile.company.clone())
-        .bind(t.plan_id.to_string())
-        .bind(t.status.as_str())
-        .bind(t.trial_end.map(to_micros))
-        .bind(json(&t.profile.metadata))
-        .bind(to_micros(t.updated_at))
-        .bind(to_micros(expected))
-        .execute(&self.pool)
-        .await
-        .map_err(db(
-            "updating a tenant",
-            "a tenant with this external id exists already",
-        ))?;
-        Ok(done.rows_affected() == 1)
+        update_tenant(&self.pool, t, expected).await
     }
 
     async fn create_key(&self, key: &ApiKey, secret: SecretHash) -> Result<()> {

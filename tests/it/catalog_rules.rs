@@ -764,6 +764,8 @@ async fn updates_change_only_masked_fields(db: TestDb) {
         metadata: HashMap::from([("tier".into(), "silver".into())]),
         create_time: None,
         update_time: None,
+        current_period_start: None,
+        current_period_end: None,
     };
     let updated = server
         .billing()

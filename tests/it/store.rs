@@ -125,6 +125,10 @@ fn tenant(plan: PlanId, external: Option<&str>) -> Tenant {
         plan_id: plan,
         status: TenantStatus::Trialing,
         trial_end: Some(t + Duration::days(14)),
+        billing_period: Some(tollgate::domain::verify::Period {
+            start: t,
+            end: t + Duration::days(30),
+        }),
         created_at: t,
         updated_at: t,
     }
@@ -614,6 +618,7 @@ async fn tenants_round_trip(db: TestDb) {
         plan_id: p.id,
         status: TenantStatus::PastDue,
         trial_end: None,
+        billing_period: None,
         created_at: t,
         updated_at: at(t, 7),
     };
