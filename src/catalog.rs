@@ -136,7 +136,7 @@ impl Catalog {
         self
     }
 
-    fn announce(&self, change: Change) {
+    pub(crate) fn announce(&self, change: Change) {
         for l in &self.listeners {
             l.changed(change);
         }

@@ -14,5 +14,6 @@ pub mod metering;
 pub mod replicas;
 pub mod startup;
 pub mod store;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod verifier;

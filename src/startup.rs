@@ -38,6 +38,7 @@ use crate::{
     metering::Metering,
     replicas::{self, ChangeBus},
     store::{CredentialStore, sql::SqlStore},
+    subscriptions::Subscriptions,
     verifier::{EntitlementCache, Verifier},
 };
 
@@ -229,16 +230,21 @@ impl Application {
         };
 
         tracing::info!(addr = %self.local_addr, config = ?self.config, "tollgate serving");
+        let subscriptions = Subscriptions::new(catalog.clone(), store.clone());
         let server = Server::builder()
             .layer(AuthLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(PlansServer::new(PlansService::new(catalog.clone())))
+            .add_service(PlansServer::new(PlansService::new(
+                catalog.clone(),
+                subscriptions.clone(),
+            )))
             .add_service(BillingServer::new(BillingService::new(
                 catalog.clone(),
                 Metering::new(catalog.clone(), store.clone(), limiter.clone()),
                 Credits::new(catalog.clone(), store.clone()),
+                subscriptions,
             )))
             .add_service(KeysServer::new(KeysService::new(catalog)))
             .add_service(VerifyServer::new(VerifyService::new(verifier)))

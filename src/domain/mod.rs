@@ -7,6 +7,7 @@ pub mod key;
 pub mod page;
 pub mod plan;
 pub mod secret;
+pub mod subscription;
 pub mod tenant;
 pub mod text;
 pub mod verify;

@@ -1,10 +1,11 @@
-//! `tollgate.v1.Billing` (its tenant part).
+//! `tollgate.v1.Billing`: tenants, signup, subscriptions, usage and credits.
 use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        credit_change, entry_to_pb, from_timestamp, id, id_filter, key_to_pb, new_tenant, signup,
-        tenant_patch, tenant_status_filter,
+        Violations, apply_outcome_to_pb, credit_change, entry_to_pb, from_timestamp, id, id_filter,
+        key_to_pb, new_tenant, provider, signup, subscription_update, tenant_patch,
+        tenant_status_filter,
     },
     pb::{self, billing_server},
 };
@@ -16,24 +17,33 @@ use crate::{
         credits::{CreditType, EntryKind},
         ids::{PlanId, TenantId},
         page::PageRequest,
+        subscription::SubscriptionId,
         tenant::ExternalId,
     },
     metering::Metering,
     store::TenantFilter,
+    subscriptions::Subscriptions,
 };
 
 pub struct BillingService {
     catalog: Catalog,
     metering: Metering,
     credits: Credits,
+    subscriptions: Subscriptions,
 }
 
 impl BillingService {
-    pub fn new(catalog: Catalog, metering: Metering, credits: Credits) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        metering: Metering,
+        credits: Credits,
+        subscriptions: Subscriptions,
+    ) -> Self {
         Self {
             catalog,
             metering,
             credits,
+            subscriptions,
         }
     }
 }
@@ -117,6 +127,50 @@ impl billing_server::Billing for BillingService {
             tenant: Some((&tenant).into()),
             key: Some(key_to_pb(&issued.key, issued.key.created_at)),
             secret: issued.secret.into_exposed(),
+        }))
+    }
+
+    async fn apply_subscription(
+        &self,
+        req: Request<pb::ApplySubscriptionRequest>,
+    ) -> Reply<pb::ApplySubscriptionResponse> {
+        let update = subscription_update(req.into_inner())?;
+        let (outcome, subscription) = self.subscriptions.apply(&update).await?;
+        Ok(Response::new(pb::ApplySubscriptionResponse {
+            outcome: apply_outcome_to_pb(outcome) as i32,
+            subscription: Some((&subscription).into()),
+        }))
+    }
+
+    async fn get_subscription(
+        &self,
+        req: Request<pb::GetSubscriptionRequest>,
+    ) -> Reply<pb::Subscription> {
+        let req = req.into_inner();
+        let mut v = Violations::default();
+        let provider = provider(&mut v, "provider", &req.provider);
+        let id = v.check("", SubscriptionId::parse("id", &req.id));
+        let (provider, id) = v.finish(|| Some((provider?, id?)))?;
+        let subscription = self.subscriptions.get(provider, &id).await?;
+        Ok(Response::new((&subscription).into()))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        req: Request<pb::ListSubscriptionsRequest>,
+    ) -> Reply<pb::ListSubscriptionsResponse> {
+        let req = req.into_inner();
+        let tenant_id = id_filter("tenant_id", &req.tenant_id, TenantId::parse)?;
+        let page = PageRequest::parse(
+            req.page_size,
+            &req.page_token,
+            format!("subscriptions;tenant={}", req.tenant_id),
+        )
+        .map_err(Error::from)?;
+        let page = self.subscriptions.list(tenant_id, page).await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 

@@ -12,6 +12,14 @@ use crate::domain::{
     },
     ids::TenantId,
 };
+use crate::domain::{
+    plan::{ProductId, Provider},
+    subscription::{
+        ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionStatus,
+        SubscriptionUpdate,
+    },
+    verify::Period,
+};
 use crate::{
     catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, Signup, TenantPatch},
     domain::{
@@ -830,4 +838,172 @@ pub fn signup(req: pb::SignupRequest) -> Result<Signup> {
             environment: environment?,
         })
     })
+}
+
+fn subscription_status_to_pb(s: SubscriptionStatus) -> pb::SubscriptionStatus {
+    match s {
+        SubscriptionStatus::Trialing => pb::SubscriptionStatus::Trialing,
+        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue => pb::SubscriptionStatus::PastDue,
+        SubscriptionStatus::Canceled => pb::SubscriptionStatus::Canceled,
+        SubscriptionStatus::Revoked => pb::SubscriptionStatus::Revoked,
+    }
+}
+
+/// A required provider name.
+pub fn provider(v: &mut Violations, field: &str, s: &str) -> Option<Provider> {
+    if s.is_empty() {
+        v.push(field, "is required");
+        return None;
+    }
+    v.check("", Provider::parse(field, s))
+}
+
+pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<SubscriptionUpdate> {
+    let mut v = Violations::default();
+    let provider = provider(&mut v, "provider", &r.provider);
+    let id = v.check(
+        "",
+        SubscriptionId::parse("subscription_id", &r.subscription_id),
+    );
+    let customer = match &r.customer {
+        None => {
+            v.push("customer", "is required");
+            None
+        }
+        Some(c) => {
+            let external_id = if c.external_id.is_empty() {
+                v.push("customer.external_id", "is required");
+                None
+            } else {
+                v.check(
+                    "",
+                    ExternalId::parse("customer.external_id", &c.external_id),
+                )
+            };
+            let email = if c.email.is_empty() {
+                Some(None)
+            } else {
+                v.check("", Email::parse("customer.email", &c.email))
+                    .map(Some)
+            };
+            let name = v.check("", parse_name("customer.name", &c.name));
+            (|| {
+                Some(Customer {
+                    external_id: external_id?,
+                    email: email?,
+                    name: name?,
+                })
+            })()
+        }
+    };
+    let product_id = v.check("", ProductId::parse("product_id", &r.product_id));
+    let status = match pb::SubscriptionStatus::try_from(r.status) {
+        Ok(pb::SubscriptionStatus::Trialing) => Some(SubscriptionStatus::Trialing),
+        Ok(pb::SubscriptionStatus::Active) => Some(SubscriptionStatus::Active),
+        Ok(pb::SubscriptionStatus::PastDue) => Some(SubscriptionStatus::PastDue),
+        Ok(pb::SubscriptionStatus::Canceled) => Some(SubscriptionStatus::Canceled),
+        Ok(pb::SubscriptionStatus::Revoked) => Some(SubscriptionStatus::Revoked),
+        Ok(pb::SubscriptionStatus::Unspecified) => {
+            v.push("status", "is required");
+            None
+        }
+        Err(_) => {
+            v.push(
+                "status",
+                format!("{} is not a SubscriptionStatus", r.status),
+            );
+            None
+        }
+    };
+    let start = opt_timestamp(
+        &mut v,
+        "current_period_start",
+        r.current_period_start.as_ref(),
+    );
+    let end = opt_timestamp(&mut v, "current_period_end", r.current_period_end.as_ref());
+    let period = match (start, end) {
+        (Some(Some(start)), Some(Some(end))) if start < end => Some(Some(Period { start, end })),
+        (Some(Some(_)), Some(Some(_))) => {
+            v.push("current_period_end", "must be after current_period_start");
+            None
+        }
+        (Some(None), Some(None)) => Some(None),
+        (Some(_), Some(_)) => {
+            v.push(
+                "current_period_end",
+                "current_period_start and current_period_end go together",
+            );
+            None
+        }
+        _ => None,
+    };
+    let trial_end = opt_timestamp(&mut v, "trial_end", r.trial_end.as_ref());
+    let modified_at = match &r.modified_at {
+        None => {
+            v.push("modified_at", "is required");
+            None
+        }
+        Some(t) => v.check("", from_timestamp("modified_at", t)),
+    };
+    let event_id = if r.event_id.is_empty() {
+        Some(None)
+    } else {
+        v.check("", EventId::parse("event_id", &r.event_id))
+            .map(Some)
+    };
+    v.finish(|| {
+        Some(SubscriptionUpdate {
+            provider: provider?,
+            id: id?,
+            customer: customer?,
+            product_id: product_id?,
+            status: status?,
+            period: period?,
+            cancel_at_period_end: r.cancel_at_period_end,
+            trial_end: trial_end?,
+            modified_at: modified_at?,
+            event_id: event_id?,
+        })
+    })
+}
+
+pub fn apply_outcome_to_pb(o: ApplyOutcome) -> pb::ApplyOutcome {
+    match o {
+        ApplyOutcome::Applied => pb::ApplyOutcome::Applied,
+        ApplyOutcome::Pending => pb::ApplyOutcome::Pending,
+        ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
+        ApplyOutcome::Stale => pb::ApplyOutcome::Stale,
+    }
+}
+
+impl From<&Subscription> for pb::Subscription {
+    fn from(s: &Subscription) -> Self {
+        pb::Subscription {
+            provider: s.provider.as_str().to_owned(),
+            id: s.id.as_str().to_owned(),
+            tenant_id: s.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+            customer: Some(pb::Customer {
+                external_id: s.customer.external_id.as_str().to_owned(),
+                email: s
+                    .customer
+                    .email
+                    .as_ref()
+                    .map(|e| e.as_str().to_owned())
+                    .unwrap_or_default(),
+                name: s.customer.name.clone(),
+            }),
+            product_id: s.product_id.as_str().to_owned(),
+            plan_id: s.plan_id.map(|p| p.to_string()).unwrap_or_default(),
+            status: subscription_status_to_pb(s.status) as i32,
+            current_period_start: s.period.map(|p| timestamp(p.start)),
+            current_period_end: s.period.map(|p| timestamp(p.end)),
+            cancel_at_period_end: s.cancel_at_period_end,
+            trial_end: s.trial_end.map(timestamp),
+            modified_at: Some(timestamp(s.modified_at)),
+            pending: s.pending(),
+            create_time: Some(timestamp(s.created_at)),
+            update_time: Some(timestamp(s.updated_at)),
+        }
+    }
 }

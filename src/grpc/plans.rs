@@ -1,6 +1,8 @@
 //! `tollgate.v1.Plans`.
 use tonic::{Request, Response, Status};
 
+use crate::subscriptions::Subscriptions;
+
 use super::{
     convert::{id, id_filter, new_plan, plan_patch},
     pb::{self, plans_server},
@@ -17,11 +19,15 @@ use crate::{
 
 pub struct PlansService {
     catalog: Catalog,
+    subscriptions: Subscriptions,
 }
 
 impl PlansService {
-    pub fn new(catalog: Catalog) -> Self {
-        Self { catalog }
+    pub fn new(catalog: Catalog, subscriptions: Subscriptions) -> Self {
+        Self {
+            catalog,
+            subscriptions,
+        }
     }
 }
 
@@ -88,6 +94,26 @@ impl plans_server::Plans for PlansService {
             .catalog
             .map_product(provider, product_id, plan_id)
             .await?;
+        // Subscriptions that waited for this product apply now. The mapping
+        // stands either way; one that fails here applies with the
+        // subscription's next update.
+        match self
+            .subscriptions
+            .apply_pending(provider, &mapping.product_id)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                product_id = mapping.product_id.as_str(),
+                subscriptions = n,
+                "pending subscriptions applied"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                product_id = mapping.product_id.as_str(),
+                "pending subscriptions not applied yet"
+            ),
+        }
         Ok(Response::new((&mapping).into()))
     }
 

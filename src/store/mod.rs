@@ -12,6 +12,7 @@ use crate::domain::{
     page::PageRequest,
     plan::{Plan, ProductId, ProductMapping, Provider, Resource, Slug},
     secret::SecretHash,
+    subscription::{EventId, Subscription, SubscriptionId},
     tenant::{ExternalId, Tenant, TenantStatus},
 };
 
@@ -38,6 +39,11 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Fails with `AlreadyExists` when the product is mapped already.
     async fn map_product(&self, mapping: &ProductMapping) -> Result<()>;
+    async fn get_product_mapping(
+        &self,
+        provider: Provider,
+        product_id: &ProductId,
+    ) -> Result<Option<ProductMapping>>;
     /// Removes and returns the mapping, if there was one.
     async fn unmap_product(
         &self,
@@ -162,4 +168,49 @@ pub trait CreditStore: Send + Sync + 'static {
         credit_type: Option<&CreditType>,
         page: &PageRequest,
     ) -> Result<Vec<LedgerEntry>>;
+}
+
+/// The tenant side of a subscription change.
+#[derive(Debug, Clone)]
+pub enum TenantWrite {
+    Create(Tenant),
+    /// Written only if the stored row's `updated_at` is still `expected`.
+    Replace {
+        tenant: Tenant,
+        expected: Timestamp,
+    },
+}
+
+/// Subscriptions and the provider events already applied.
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync + 'static {
+    async fn get_subscription(
+        &self,
+        provider: Provider,
+        id: &SubscriptionId,
+    ) -> Result<Option<Subscription>>;
+    /// Ordered by id, optionally only one tenant's.
+    async fn list_subscriptions(
+        &self,
+        tenant_id: Option<TenantId>,
+        page: &PageRequest,
+    ) -> Result<Vec<Subscription>>;
+    /// Subscriptions waiting for this product to be mapped to a plan.
+    async fn pending_subscriptions(
+        &self,
+        provider: Provider,
+        product_id: &ProductId,
+    ) -> Result<Vec<Subscription>>;
+    async fn event_applied(&self, provider: Provider, event: &EventId) -> Result<bool>;
+    /// In one transaction: the subscription (written only if its stored
+    /// `updated_at` is still `expected`; `None`: only if not stored yet),
+    /// the tenant write, and the event as applied. `false`, writing
+    /// nothing, when a concurrent change came first.
+    async fn save_subscription(
+        &self,
+        subscription: &Subscription,
+        expected: Option<Timestamp>,
+        tenant: Option<&TenantWrite>,
+        event: Option<&EventId>,
+    ) -> Result<bool>;
 }

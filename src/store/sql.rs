@@ -32,6 +32,7 @@ use crate::domain::{
 };
 
 mod credits;
+mod subscriptions;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -564,6 +565,25 @@ impl CatalogStore for SqlStore {
         .await
         .map_err(db("mapping a product", "this product is mapped already"))?;
         Ok(())
+    }
+
+    async fn get_product_mapping(
+        &self,
+        provider: Provider,
+        product_id: &ProductId,
+    ) -> Result<Option<ProductMapping>> {
+        sqlx::query(
+            "SELECT provider, product_id, plan_id, created_at FROM product_mappings \
+             WHERE provider = $1 AND product_id = $2",
+        )
+        .bind(provider.as_str())
+        .bind(product_id.as_str().to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a product mapping", ""))?
+        .as_ref()
+        .map(mapping_from_row)
+        .transpose()
     }
 
     async fn unmap_product(

@@ -13,4 +13,5 @@ mod replicas;
 mod restart;
 mod signup;
 mod store;
+mod subscriptions;
 mod verify;

@@ -1,0 +1,155 @@
+//! Subscriptions bought through a payment provider: the state the provider
+//! reports, and what it means for the tenant.
+use super::{
+    FieldViolation, Timestamp,
+    ids::{PlanId, TenantId},
+    plan::{ProductId, Provider},
+    tenant::{Email, ExternalId, TenantStatus},
+    text::bounded,
+    verify::Period,
+};
+
+/// The provider's id of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(String);
+
+impl SubscriptionId {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
+        bounded(field, s, 200, true).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The provider's id of one event (a webhook delivery), remembered once
+/// applied so a redelivery is applied once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId(String);
+
+impl EventId {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
+        bounded(field, s, 200, true).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A subscription's status, as the provider reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Trialing,
+    Active,
+    PastDue,
+    Canceled,
+    Revoked,
+}
+
+impl SubscriptionStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Trialing,
+        Self::Active,
+        Self::PastDue,
+        Self::Canceled,
+        Self::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        self.tenant_status().as_str()
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The tenant's status under this subscription: the same word. A
+    /// canceled tenant keeps access until its billing period ends; a revoked
+    /// one loses it at once.
+    pub fn tenant_status(self) -> TenantStatus {
+        match self {
+            Self::Trialing => TenantStatus::Trialing,
+            Self::Active => TenantStatus::Active,
+            Self::PastDue => TenantStatus::PastDue,
+            Self::Canceled => TenantStatus::Canceled,
+            Self::Revoked => TenantStatus::Revoked,
+        }
+    }
+}
+
+/// The customer a subscription belongs to; found again by `external_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub external_id: ExternalId,
+    pub email: Option<Email>,
+    pub name: String,
+}
+
+/// One report of a subscription's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    pub provider: Provider,
+    pub id: SubscriptionId,
+    pub customer: Customer,
+    pub product_id: ProductId,
+    pub status: SubscriptionStatus,
+    pub period: Option<Period>,
+    pub cancel_at_period_end: bool,
+    pub trial_end: Option<Timestamp>,
+    /// The provider's modification time: what orders updates.
+    pub modified_at: Timestamp,
+    /// The event that carried it, when it came from one.
+    pub event_id: Option<EventId>,
+}
+
+/// A subscription as stored: the latest update, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub provider: Provider,
+    pub id: SubscriptionId,
+    pub customer: Customer,
+    pub product_id: ProductId,
+    /// `None` while the product is not mapped to a plan (pending).
+    pub plan_id: Option<PlanId>,
+    /// `None` while pending for a customer Tollgate does not know yet.
+    pub tenant_id: Option<TenantId>,
+    pub status: SubscriptionStatus,
+    pub period: Option<Period>,
+    pub cancel_at_period_end: bool,
+    pub trial_end: Option<Timestamp>,
+    pub modified_at: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Subscription {
+    pub fn pending(&self) -> bool {
+        self.plan_id.is_none()
+    }
+
+    /// Whether `update` says the same as this subscription already does.
+    pub fn same_as(&self, u: &SubscriptionUpdate) -> bool {
+        self.customer == u.customer
+            && self.product_id == u.product_id
+            && self.status == u.status
+            && self.period == u.period
+            && self.cancel_at_period_end == u.cancel_at_period_end
+            && self.trial_end == u.trial_end
+            && self.modified_at == u.modified_at
+    }
+}
+
+/// What applying an update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The tenant now follows the update.
+    Applied,
+    /// Kept; it applies by itself once its product is mapped to a plan.
+    Pending,
+    /// Nothing changed: this update (or this event) was applied before.
+    Unchanged,
+    /// Ignored: a newer update was applied already.
+    Stale,
+}

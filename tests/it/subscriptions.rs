@@ -1,0 +1,425 @@
+//! Subscriptions through the gRPC API, on both storage backends: a new
+//! customer becomes a tenant on the mapped plan, an unmapped product waits
+//! for its mapping, upgrades reach the very next Verify, cancellation keeps
+//! access until the period ends, revocation ends it at once, and repeated or
+//! out-of-order updates change nothing.
+use std::time::{Duration, SystemTime};
+
+use prost_types::Timestamp;
+use tollgate::grpc::pb::{
+    ApplyOutcome, ApplySubscriptionRequest, CreateKeyRequest, CreatePlanRequest, Customer,
+    GetSubscriptionRequest, GetTenantRequest, Key, ListSubscriptionsRequest, MapProductRequest,
+    Plan, SubscriptionStatus, Tenant, TenantStatus, VerifyCode, VerifyRequest,
+    get_tenant_request::Lookup, verify_client::VerifyClient,
+};
+use tonic::Code;
+
+use crate::helpers::{InProcess, TestDb, valid_plan};
+
+/// A server with a `free` plan (no `model:gpt-4o`) and a `pro` plan (with
+/// it), `prod_free` mapped to free; `prod_pro` is left unmapped.
+async fn start(db: TestDb) -> (InProcess, String, String) {
+    let server = InProcess::start(db).await;
+    let mut ids = Vec::new();
+    for (slug, features) in [("free", vec![]), ("pro", vec!["model:gpt-4o".to_owned()])] {
+        let plan = server
+            .plans()
+            .create_plan(server.admin(CreatePlanRequest {
+                plan: Some(Plan {
+                    features,
+                    ..valid_plan(slug)
+                }),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(plan.id);
+    }
+    map(&server, "prod_free", &ids[0]).await;
+    let pro = ids.pop().unwrap();
+    let free = ids.pop().unwrap();
+    (server, free, pro)
+}
+
+async fn map(server: &InProcess, product: &str, plan_id: &str) {
+    server
+        .plans()
+        .map_product(server.admin(MapProductRequest {
+            provider: "polar".into(),
+            product_id: product.into(),
+            plan_id: plan_id.into(),
+        }))
+        .await
+        .unwrap();
+}
+
+fn at(offset: Duration) -> Timestamp {
+    (SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000) + offset).into()
+}
+
+/// An update of subscription `sub_1` of customer `cus_1`, modified at
+/// `modified` seconds past a fixed instant.
+fn update(product: &str, status: SubscriptionStatus, modified: u64) -> ApplySubscriptionRequest {
+    let now = SystemTime::now();
+    ApplySubscriptionRequest {
+        provider: "polar".into(),
+        subscription_id: "sub_1".into(),
+        customer: Some(Customer {
+            external_id: "cus_1".into(),
+            email: "buyer@example.test".into(),
+            name: "Buyer".into(),
+        }),
+        product_id: product.into(),
+        status: status as i32,
+        current_period_start: Some((now - Duration::from_secs(86_400)).into()),
+        current_period_end: Some((now + Duration::from_secs(29 * 86_400)).into()),
+        cancel_at_period_end: false,
+        trial_end: None,
+        modified_at: Some(at(Duration::from_secs(modified))),
+        event_id: String::new(),
+    }
+}
+
+async fn apply(server: &InProcess, r: ApplySubscriptionRequest) -> Result<i32, tonic::Status> {
+    server
+        .billing()
+        .apply_subscription(server.admin(r))
+        .await
+        .map(|r| r.into_inner().outcome)
+}
+
+async fn tenant(server: &InProcess) -> Result<Tenant, tonic::Status> {
+    server
+        .billing()
+        .get_tenant(server.admin(GetTenantRequest {
+            lookup: Some(Lookup::ExternalId("cus_1".into())),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A key for customer `cus_1`'s tenant; its secret.
+async fn key(server: &InProcess) -> String {
+    let tenant = tenant(server).await.unwrap();
+    server
+        .keys()
+        .create_key(server.admin(CreateKeyRequest {
+            key: Some(Key {
+                tenant_id: tenant.id,
+                name: "app".into(),
+                ..Key::default()
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
+
+async fn verify(server: &InProcess, secret: &str, features: &[&str]) -> i32 {
+    VerifyClient::new(server.channel())
+        .verify(server.verify(VerifyRequest {
+            key: secret.into(),
+            resource: "chat_requests".into(),
+            required_features: features.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .code
+}
+
+crate::conformance!(
+    a_new_customer_gets_a_tenant_on_the_mapped_plan,
+    an_unmapped_product_waits_for_its_mapping,
+    an_upgrade_reaches_the_next_verify,
+    cancellation_keeps_access_until_the_period_ends,
+    revocation_ends_access_at_once,
+    repeated_and_older_updates_change_nothing,
+    bad_updates_write_nothing,
+);
+
+async fn a_new_customer_gets_a_tenant_on_the_mapped_plan(db: TestDb) {
+    let (server, free, _) = start(db).await;
+    let outcome = apply(&server, update("prod_free", SubscriptionStatus::Active, 1)).await;
+    assert_eq!(outcome.unwrap(), ApplyOutcome::Applied as i32);
+    let t = tenant(&server).await.unwrap();
+    assert_eq!(t.plan_id, free);
+    assert_eq!(t.status, TenantStatus::Active as i32);
+    assert_eq!(t.email, "buyer@example.test");
+    assert!(t.current_period_end.is_some());
+    let secret = key(&server).await;
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::Valid as i32
+    );
+    let s = server
+        .billing()
+        .get_subscription(server.admin(GetSubscriptionRequest {
+            provider: "polar".into(),
+            id: "sub_1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.tenant_id, s.plan_id, s.pending), (t.id, free, false));
+}
+
+async fn an_unmapped_product_waits_for_its_mapping(db: TestDb) {
+    let (server, _, pro) = start(db).await;
+    let outcome = apply(&server, update("prod_pro", SubscriptionStatus::Active, 1)).await;
+    assert_eq!(outcome.unwrap(), ApplyOutcome::Pending as i32);
+    assert_eq!(tenant(&server).await.unwrap_err().code(), Code::NotFound);
+    let listed = server
+        .billing()
+        .list_subscriptions(server.admin(ListSubscriptionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions;
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].pending);
+    // The same update again is still pending, not an error.
+    let outcome = apply(&server, update("prod_pro", SubscriptionStatus::Active, 1)).await;
+    assert_eq!(outcome.unwrap(), ApplyOutcome::Pending as i32);
+
+    map(&server, "prod_pro", &pro).await;
+    let t = tenant(&server).await.unwrap();
+    assert_eq!(t.plan_id, pro, "applied when the product was mapped");
+    let secret = key(&server).await;
+    assert_eq!(
+        verify(&server, &secret, &["model:gpt-4o"]).await,
+        VerifyCode::Valid as i32
+    );
+}
+
+async fn an_upgrade_reaches_the_next_verify(db: TestDb) {
+    let (server, _, pro) = start(db).await;
+    apply(&server, update("prod_free", SubscriptionStatus::Active, 1))
+        .await
+        .unwrap();
+    let secret = key(&server).await;
+    assert_eq!(
+        verify(&server, &secret, &["model:gpt-4o"]).await,
+        VerifyCode::FeatureNotInPlan as i32
+    );
+    map(&server, "prod_pro", &pro).await;
+    let outcome = apply(&server, update("prod_pro", SubscriptionStatus::Active, 2)).await;
+    assert_eq!(outcome.unwrap(), ApplyOutcome::Applied as i32);
+    assert_eq!(
+        verify(&server, &secret, &["model:gpt-4o"]).await,
+        VerifyCode::Valid as i32,
+        "the very next Verify"
+    );
+}
+
+async fn cancellation_keeps_access_until_the_period_ends(db: TestDb) {
+    let (server, _, _) = start(db).await;
+    apply(&server, update("prod_free", SubscriptionStatus::Active, 1))
+        .await
+        .unwrap();
+    let secret = key(&server).await;
+    let end = SystemTime::now() + Duration::from_millis(1_500);
+    let canceled = ApplySubscriptionRequest {
+        current_period_end: Some(end.into()),
+        cancel_at_period_end: true,
+        ..update("prod_free", SubscriptionStatus::Canceled, 2)
+    };
+    assert_eq!(
+        apply(&server, canceled).await.unwrap(),
+        ApplyOutcome::Applied as i32
+    );
+    assert_eq!(
+        tenant(&server).await.unwrap().status,
+        TenantStatus::Canceled as i32
+    );
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::Valid as i32
+    );
+    tokio::time::sleep(end.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::TenantInactive as i32
+    );
+}
+
+async fn revocation_ends_access_at_once(db: TestDb) {
+    let (server, _, _) = start(db).await;
+    apply(&server, update("prod_free", SubscriptionStatus::Active, 1))
+        .await
+        .unwrap();
+    let secret = key(&server).await;
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::Valid as i32
+    );
+    apply(&server, update("prod_free", SubscriptionStatus::Revoked, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::TenantInactive as i32
+    );
+}
+
+async fn repeated_and_older_updates_change_nothing(db: TestDb) {
+    let (server, _, _) = start(db).await;
+    let first = update("prod_free", SubscriptionStatus::Active, 10);
+    assert_eq!(
+        apply(&server, first.clone()).await.unwrap(),
+        ApplyOutcome::Applied as i32
+    );
+    let after_first = tenant(&server).await.unwrap();
+    assert_eq!(
+        apply(&server, first.clone()).await.unwrap(),
+        ApplyOutcome::Unchanged as i32
+    );
+    assert_eq!(tenant(&server).await.unwrap(), after_first, "untouched");
+
+    let newer = update("prod_free", SubscriptionStatus::PastDue, 20);
+    assert_eq!(
+        apply(&server, newer).await.unwrap(),
+        ApplyOutcome::Applied as i32
+    );
+    let after_newer = tenant(&server).await.unwrap();
+    assert_eq!(after_newer.status, TenantStatus::PastDue as i32);
+    // An older update arriving late never rolls the tenant back.
+    let older = update("prod_free", SubscriptionStatus::Revoked, 15);
+    assert_eq!(
+        apply(&server, older).await.unwrap(),
+        ApplyOutcome::Stale as i32
+    );
+    assert_eq!(tenant(&server).await.unwrap(), after_newer);
+
+    // An event applied once is recognized even if the subscription changed
+    // in between.
+    let event = ApplySubscriptionRequest {
+        event_id: "evt_1".into(),
+        ..update("prod_free", SubscriptionStatus::Active, 30)
+    };
+    assert_eq!(
+        apply(&server, event.clone()).await.unwrap(),
+        ApplyOutcome::Applied as i32
+    );
+    apply(
+        &server,
+        update("prod_free", SubscriptionStatus::PastDue, 40),
+    )
+    .await
+    .unwrap();
+    let before = tenant(&server).await.unwrap();
+    assert_eq!(
+        apply(&server, event).await.unwrap(),
+        ApplyOutcome::Unchanged as i32
+    );
+    assert_eq!(tenant(&server).await.unwrap(), before);
+}
+
+async fn bad_updates_write_nothing(db: TestDb) {
+    let (server, _, _) = start(db).await;
+    let good = || update("prod_free", SubscriptionStatus::Active, 1);
+    let now = SystemTime::now();
+    let cases: Vec<(ApplySubscriptionRequest, &str)> = vec![
+        (
+            ApplySubscriptionRequest {
+                provider: String::new(),
+                ..good()
+            },
+            "provider",
+        ),
+        (
+            ApplySubscriptionRequest {
+                provider: "stripe".into(),
+                ..good()
+            },
+            "provider",
+        ),
+        (
+            ApplySubscriptionRequest {
+                subscription_id: String::new(),
+                ..good()
+            },
+            "subscription_id",
+        ),
+        (
+            ApplySubscriptionRequest {
+                customer: None,
+                ..good()
+            },
+            "customer",
+        ),
+        (
+            ApplySubscriptionRequest {
+                customer: Some(Customer {
+                    external_id: String::new(),
+                    ..Customer::default()
+                }),
+                ..good()
+            },
+            "customer.external_id",
+        ),
+        (
+            ApplySubscriptionRequest {
+                customer: Some(Customer {
+                    external_id: "cus_1".into(),
+                    email: "nope".into(),
+                    name: String::new(),
+                }),
+                ..good()
+            },
+            "customer.email",
+        ),
+        (
+            ApplySubscriptionRequest {
+                product_id: String::new(),
+                ..good()
+            },
+            "product_id",
+        ),
+        (
+            ApplySubscriptionRequest {
+                status: 0,
+                ..good()
+            },
+            "status",
+        ),
+        (
+            ApplySubscriptionRequest {
+                current_period_end: Some((now - Duration::from_secs(7 * 86_400)).into()),
+                ..good()
+            },
+            "current_period_end",
+        ),
+        (
+            ApplySubscriptionRequest {
+                current_period_start: None,
+                ..good()
+            },
+            "current_period_end",
+        ),
+        (
+            ApplySubscriptionRequest {
+                modified_at: None,
+                ..good()
+            },
+            "modified_at",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = apply(&server, request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{field}: {status:?}");
+    }
+    let listed = server
+        .billing()
+        .list_subscriptions(server.admin(ListSubscriptionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions;
+    assert!(listed.is_empty(), "nothing was written");
+    assert_eq!(tenant(&server).await.unwrap_err().code(), Code::NotFound);
+}
