@@ -60,7 +60,6 @@ fn at(offset: Duration) -> Timestamp {
 /// An update of subscription `sub_1` of customer `cus_1`, modified at
 /// `modified` seconds past a fixed instant.
 fn update(product: &str, status: SubscriptionStatus, modified: u64) -> ApplySubscriptionRequest {
-    let now = SystemTime::now();
     ApplySubscriptionRequest {
         provider: "polar".into(),
         subscription_id: "sub_1".into(),
@@ -71,8 +70,9 @@ fn update(product: &str, status: SubscriptionStatus, modified: u64) -> ApplySubs
         }),
         product_id: product.into(),
         status: status as i32,
-        current_period_start: Some((now - Duration::from_secs(86_400)).into()),
-        current_period_end: Some((now + Duration::from_secs(29 * 86_400)).into()),
+        // Fixed, so that the same update is the same bytes every time.
+        current_period_start: Some(at(Duration::ZERO)),
+        current_period_end: Some(at(Duration::from_secs(3_650 * 86_400))),
         cancel_at_period_end: false,
         trial_end: None,
         modified_at: Some(at(Duration::from_secs(modified))),
@@ -138,6 +138,7 @@ crate::conformance!(
     revocation_ends_access_at_once,
     repeated_and_older_updates_change_nothing,
     bad_updates_write_nothing,
+    concurrent_deliveries_make_one_tenant,
 );
 
 async fn a_new_customer_gets_a_tenant_on_the_mapped_plan(db: TestDb) {
@@ -321,7 +322,6 @@ async fn repeated_and_older_updates_change_nothing(db: TestDb) {
 async fn bad_updates_write_nothing(db: TestDb) {
     let (server, _, _) = start(db).await;
     let good = || update("prod_free", SubscriptionStatus::Active, 1);
-    let now = SystemTime::now();
     let cases: Vec<(ApplySubscriptionRequest, &str)> = vec![
         (
             ApplySubscriptionRequest {
@@ -388,7 +388,7 @@ async fn bad_updates_write_nothing(db: TestDb) {
         ),
         (
             ApplySubscriptionRequest {
-                current_period_end: Some((now - Duration::from_secs(7 * 86_400)).into()),
+                current_period_end: Some(at(Duration::ZERO)),
                 ..good()
             },
             "current_period_end",
@@ -422,4 +422,44 @@ async fn bad_updates_write_nothing(db: TestDb) {
         .subscriptions;
     assert!(listed.is_empty(), "nothing was written");
     assert_eq!(tenant(&server).await.unwrap_err().code(), Code::NotFound);
+}
+
+async fn concurrent_deliveries_make_one_tenant(db: TestDb) {
+    let (server, _, _) = start(db).await;
+    let server = std::sync::Arc::new(server);
+    // The same update delivered eight times at once, and eight newer ones.
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let server = server.clone();
+            let status = if i % 2 == 0 {
+                SubscriptionStatus::Trialing
+            } else {
+                SubscriptionStatus::Active
+            };
+            tokio::spawn(async move {
+                let r = update("prod_free", status, 1 + (i % 2));
+                apply(&server, r).await.unwrap()
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for call in calls {
+        if call.await.unwrap() == ApplyOutcome::Applied as i32 {
+            applied += 1;
+        }
+    }
+    assert!((1..=2).contains(&applied), "{applied} applied");
+    let tenants = server
+        .billing()
+        .list_tenants(server.admin(tollgate::grpc::pb::ListTenantsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenants;
+    assert_eq!(tenants.len(), 1, "one tenant for one customer");
+    assert_eq!(
+        tenants[0].status,
+        TenantStatus::Active as i32,
+        "the newest wins"
+    );
 }
