@@ -9,6 +9,7 @@ pub mod config;
 pub mod credits;
 pub mod domain;
 pub mod grpc;
+pub mod invoicing;
 pub mod limiter;
 pub mod metering;
 pub mod replicas;

@@ -30,6 +30,7 @@ use crate::{
         plans::PlansService,
         verify::VerifyService,
     },
+    invoicing::Invoicing,
     limiter::{
         Limiter,
         local::LocalLimiter,
@@ -245,6 +246,7 @@ impl Application {
                 Metering::new(catalog.clone(), store.clone(), limiter.clone()),
                 Credits::new(catalog.clone(), store.clone()),
                 subscriptions,
+                Invoicing::new(catalog.clone(), store.clone(), store.clone()),
             )))
             .add_service(KeysServer::new(KeysService::new(catalog)))
             .add_service(VerifyServer::new(VerifyService::new(verifier)))

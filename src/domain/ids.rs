@@ -45,3 +45,4 @@ id_type!(TenantId, "ten_", "tenant");
 id_type!(KeyId, "key_", "key");
 id_type!(CredentialId, "cred_", "credential");
 id_type!(LedgerEntryId, "led_", "ledger entry");
+id_type!(InvoiceId, "inv_", "invoice");

@@ -3,6 +3,7 @@ pub mod credential;
 pub mod credits;
 pub mod error;
 pub mod ids;
+pub mod invoice;
 pub mod key;
 pub mod page;
 pub mod plan;

@@ -15,11 +15,14 @@ use crate::{
     domain::{
         Error,
         credits::{CreditType, EntryKind},
+        ids::InvoiceId,
         ids::{PlanId, TenantId},
+        invoice::parse_month,
         page::PageRequest,
         subscription::SubscriptionId,
         tenant::ExternalId,
     },
+    invoicing::Invoicing,
     metering::Metering,
     store::TenantFilter,
     subscriptions::Subscriptions,
@@ -30,6 +33,7 @@ pub struct BillingService {
     metering: Metering,
     credits: Credits,
     subscriptions: Subscriptions,
+    invoicing: Invoicing,
 }
 
 impl BillingService {
@@ -38,12 +42,14 @@ impl BillingService {
         metering: Metering,
         credits: Credits,
         subscriptions: Subscriptions,
+        invoicing: Invoicing,
     ) -> Self {
         Self {
             catalog,
             metering,
             credits,
             subscriptions,
+            invoicing,
         }
     }
 }
@@ -170,6 +176,58 @@ impl billing_server::Billing for BillingService {
         let page = self.subscriptions.list(tenant_id, page).await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn generate_invoice(
+        &self,
+        req: Request<pb::GenerateInvoiceRequest>,
+    ) -> Reply<pb::Invoice> {
+        let req = req.into_inner();
+        let mut v = Violations::default();
+        let tenant_id = if req.tenant_id.is_empty() {
+            v.push("tenant_id", "is required");
+            None
+        } else {
+            v.check("", TenantId::parse("tenant_id", &req.tenant_id))
+        };
+        let month = v.check("", parse_month("period", &req.period));
+        let (tenant_id, month) = v.finish(|| Some((tenant_id?, month?)))?;
+        let invoice = self.invoicing.generate(tenant_id, month).await?;
+        Ok(Response::new((&invoice).into()))
+    }
+
+    async fn finalize_invoice(
+        &self,
+        req: Request<pb::FinalizeInvoiceRequest>,
+    ) -> Reply<pb::Invoice> {
+        let id = id("id", &req.into_inner().id, InvoiceId::parse)?;
+        let invoice = self.invoicing.finalize(id).await?;
+        Ok(Response::new((&invoice).into()))
+    }
+
+    async fn get_invoice(&self, req: Request<pb::GetInvoiceRequest>) -> Reply<pb::Invoice> {
+        let id = id("id", &req.into_inner().id, InvoiceId::parse)?;
+        let invoice = self.invoicing.get(id).await?;
+        Ok(Response::new((&invoice).into()))
+    }
+
+    async fn list_invoices(
+        &self,
+        req: Request<pb::ListInvoicesRequest>,
+    ) -> Reply<pb::ListInvoicesResponse> {
+        let req = req.into_inner();
+        let tenant_id = id_filter("tenant_id", &req.tenant_id, TenantId::parse)?;
+        let page = PageRequest::parse(
+            req.page_size,
+            &req.page_token,
+            format!("invoices;tenant={}", req.tenant_id),
+        )
+        .map_err(Error::from)?;
+        let page = self.invoicing.list(tenant_id, page).await?;
+        Ok(Response::new(pb::ListInvoicesResponse {
+            invoices: page.items.iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
         }))
     }

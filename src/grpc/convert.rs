@@ -13,6 +13,7 @@ use crate::domain::{
     ids::TenantId,
 };
 use crate::domain::{
+    invoice::{Invoice, InvoiceStatus, LineKind},
     plan::{ProductId, Provider},
     subscription::{
         ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionStatus,
@@ -1004,6 +1005,47 @@ impl From<&Subscription> for pb::Subscription {
             pending: s.pending(),
             create_time: Some(timestamp(s.created_at)),
             update_time: Some(timestamp(s.updated_at)),
+        }
+    }
+}
+
+impl From<&Invoice> for pb::Invoice {
+    fn from(i: &Invoice) -> Self {
+        pb::Invoice {
+            id: i.id.to_string(),
+            tenant_id: i.tenant_id.to_string(),
+            period: i.month.name.clone(),
+            currency: i.currency.code().to_owned(),
+            lines: i
+                .lines
+                .iter()
+                .map(|l| pb::InvoiceLine {
+                    kind: match l.kind {
+                        LineKind::Plan => pb::InvoiceLineKind::Plan,
+                        LineKind::Overage => pb::InvoiceLineKind::Overage,
+                    } as i32,
+                    description: l.description.clone(),
+                    plan_id: l.plan_id.map(|p| p.to_string()).unwrap_or_default(),
+                    resource: l
+                        .resource
+                        .as_ref()
+                        .map(|r| r.as_str().to_owned())
+                        .unwrap_or_default(),
+                    quantity: l.quantity,
+                    unit_amount_micros: l.unit_amount_micros.unwrap_or_default(),
+                    start_time: Some(timestamp(l.from)),
+                    end_time: Some(timestamp(l.to)),
+                    amount_minor: l.amount_minor,
+                })
+                .collect(),
+            total_minor: i.total_minor,
+            status: match i.status {
+                InvoiceStatus::Draft => pb::InvoiceStatus::Draft,
+                InvoiceStatus::Finalized => pb::InvoiceStatus::Finalized,
+            } as i32,
+            create_time: Some(timestamp(i.created_at)),
+            update_time: Some(timestamp(i.updated_at)),
+            finalize_time: i.finalized_at.map(timestamp),
         }
     }
 }

@@ -7,7 +7,9 @@ use crate::domain::{
     Result, Timestamp,
     credential::{Credential, Scope},
     credits::{Applied, Balance, CreditChange, CreditType, LedgerEntry},
+    ids::InvoiceId,
     ids::{KeyId, PlanId, TenantId},
+    invoice::Invoice,
     key::ApiKey,
     page::PageRequest,
     plan::{Plan, ProductId, ProductMapping, Provider, Resource, Slug},
@@ -126,6 +128,13 @@ pub trait UsageStore: Send + Sync + 'static {
         resource: &Resource,
         period_start: Timestamp,
     ) -> Result<i64>;
+    /// Every counter of a tenant whose period starts in `[from, to)`.
+    async fn usage_starting_in(
+        &self,
+        tenant_id: TenantId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageTotal>>;
     /// Every counter of a tenant whose period contains `at`.
     async fn list_usage(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<UsageTotal>>;
 }
@@ -213,4 +222,24 @@ pub trait SubscriptionStore: Send + Sync + 'static {
         tenant: Option<&TenantWrite>,
         event: Option<&EventId>,
     ) -> Result<bool>;
+}
+
+/// Invoices, and the plan history they are prorated from.
+#[async_trait]
+pub trait InvoiceStore: Send + Sync + 'static {
+    /// The tenant's plans and since when, oldest first.
+    async fn plan_history(&self, tenant_id: TenantId) -> Result<Vec<(Timestamp, PlanId)>>;
+    /// Stores a draft for its tenant and month: a new invoice, or the
+    /// existing draft rebuilt in place (its id and creation time kept).
+    /// `FailedPrecondition` when that month's invoice is finalized.
+    async fn save_draft(&self, invoice: &Invoice) -> Result<Invoice>;
+    /// Freezes the invoice; finalizing it again changes nothing.
+    async fn finalize_invoice(&self, id: InvoiceId, at: Timestamp) -> Result<Option<Invoice>>;
+    async fn get_invoice(&self, id: InvoiceId) -> Result<Option<Invoice>>;
+    /// Ordered by id, optionally one tenant's.
+    async fn list_invoices(
+        &self,
+        tenant_id: Option<TenantId>,
+        page: &PageRequest,
+    ) -> Result<Vec<Invoice>>;
 }

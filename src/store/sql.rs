@@ -32,6 +32,7 @@ use crate::domain::{
 };
 
 mod credits;
+mod invoices;
 mod subscriptions;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -269,6 +270,16 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
     })
 }
 
+fn usage_from_row(row: &AnyRow) -> Result<UsageTotal> {
+    Ok(UsageTotal {
+        tenant_id: parsed("tenant_id", TenantId::parse("", &text(row, "tenant_id")?))?,
+        resource: parsed("resource", Resource::parse("", &text(row, "resource")?))?,
+        period_start: time(row, "period_start")?,
+        period_end: time(row, "period_end")?,
+        used: int(row, "used")?,
+    })
+}
+
 fn key_from_row(row: &AnyRow) -> Result<ApiKey> {
     Ok(ApiKey {
         id: parsed("id", KeyId::parse("", &text(row, "id")?))?,
@@ -344,10 +355,8 @@ fn bind_key_update<'q>(
         .bind(to_micros(expected))
 }
 
-async fn insert_tenant<'e, E>(executor: E, t: &Tenant) -> Result<()>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+/// Inserts the tenant and the first entry of its plan history.
+async fn insert_tenant(conn: &mut sqlx::AnyConnection, t: &Tenant) -> Result<()> {
     sqlx::query(&format!(
         "INSERT INTO tenants ({TENANT_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -370,13 +379,13 @@ where
     .bind(to_micros(t.updated_at))
     .bind(t.billing_period.map(|p| to_micros(p.start)))
     .bind(t.billing_period.map(|p| to_micros(p.end)))
-    .execute(executor)
+    .execute(&mut *conn)
     .await
     .map_err(db(
         "creating a tenant",
         "a tenant with this external id exists already",
     ))?;
-    Ok(())
+    record_plan(conn, t).await
 }
 
 async fn insert_key(
@@ -419,11 +428,13 @@ async fn insert_key(
     Ok(())
 }
 
-/// Writes the tenant if its row still has `updated_at = expected`.
-async fn update_tenant<'e, E>(executor: E, t: &Tenant, expected: Timestamp) -> Result<bool>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+/// Writes the tenant if its row still has `updated_at = expected`, and
+/// records a plan change in its history.
+async fn update_tenant(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    expected: Timestamp,
+) -> Result<bool> {
     let done = sqlx::query(
         "UPDATE tenants SET external_id = $2, email = $3, name = $4, company = $5, \
          plan_id = $6, status = $7, trial_end = $8, metadata = $9, updated_at = $10, \
@@ -447,13 +458,35 @@ where
     .bind(to_micros(expected))
     .bind(t.billing_period.map(|p| to_micros(p.start)))
     .bind(t.billing_period.map(|p| to_micros(p.end)))
-    .execute(executor)
+    .execute(&mut *conn)
     .await
     .map_err(db(
         "updating a tenant",
         "a tenant with this external id exists already",
     ))?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    record_plan(conn, t).await?;
+    Ok(true)
+}
+
+/// Adds the tenant's plan to its history as of `updated_at`, unless it is
+/// the plan the history already ends with.
+async fn record_plan(conn: &mut sqlx::AnyConnection, t: &Tenant) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tenant_plans (tenant_id, since, plan_id) SELECT $1, $2, $3 \
+         WHERE COALESCE((SELECT plan_id FROM tenant_plans WHERE tenant_id = $1 \
+         ORDER BY since DESC LIMIT 1), '') <> $3 \
+         ON CONFLICT (tenant_id, since) DO UPDATE SET plan_id = excluded.plan_id",
+    )
+    .bind(t.id.to_string())
+    .bind(to_micros(t.updated_at))
+    .bind(t.plan_id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db("recording a plan change", ""))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -628,7 +661,13 @@ impl CatalogStore for SqlStore {
     }
 
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
-        insert_tenant(&self.pool, t).await
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("creating a tenant", ""))?;
+        insert_tenant(&mut tx, t).await?;
+        tx.commit().await.map_err(db("creating a tenant", ""))
     }
 
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
@@ -676,7 +715,16 @@ impl CatalogStore for SqlStore {
     }
 
     async fn replace_tenant(&self, t: &Tenant, expected: Timestamp) -> Result<bool> {
-        update_tenant(&self.pool, t, expected).await
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("updating a tenant", ""))?;
+        if !update_tenant(&mut tx, t, expected).await? {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(db("updating a tenant", ""))?;
+        Ok(true)
     }
 
     async fn create_key(&self, key: &ApiKey, secret: SecretHash) -> Result<()> {
@@ -692,7 +740,7 @@ impl CatalogStore for SqlStore {
         secret: SecretHash,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("signing up", ""))?;
-        insert_tenant(&mut *tx, tenant).await?;
+        insert_tenant(&mut tx, tenant).await?;
         insert_key(&mut tx, key, secret).await?;
         tx.commit().await.map_err(db("signing up", ""))
     }
@@ -986,6 +1034,28 @@ impl UsageStore for SqlStore {
             .map(Option::unwrap_or_default)
     }
 
+    async fn usage_starting_in(
+        &self,
+        tenant_id: TenantId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageTotal>> {
+        sqlx::query(
+            "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
+             WHERE tenant_id = $1 AND period_start >= $2 AND period_start < $3 \
+             ORDER BY resource, period_start",
+        )
+        .bind(tenant_id.to_string())
+        .bind(to_micros(from))
+        .bind(to_micros(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing usage", ""))?
+        .iter()
+        .map(usage_from_row)
+        .collect()
+    }
+
     async fn list_usage(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<UsageTotal>> {
         sqlx::query(
             "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
@@ -997,15 +1067,7 @@ impl UsageStore for SqlStore {
         .await
         .map_err(db("listing usage", ""))?
         .iter()
-        .map(|row| {
-            Ok(UsageTotal {
-                tenant_id: parsed("tenant_id", TenantId::parse("", &text(row, "tenant_id")?))?,
-                resource: parsed("resource", Resource::parse("", &text(row, "resource")?))?,
-                period_start: time(row, "period_start")?,
-                period_end: time(row, "period_end")?,
-                used: int(row, "used")?,
-            })
-        })
+        .map(usage_from_row)
         .collect()
     }
 }

@@ -8,6 +8,7 @@ mod credits;
 mod e2e_grpcurl;
 mod e2e_python;
 mod helpers;
+mod invoices;
 mod readme;
 mod replicas;
 mod restart;

@@ -147,14 +147,14 @@ impl SubscriptionStore for SqlStore {
         let mut tx = self.pool.begin().await.map_err(db(context, ""))?;
         // The tenant first: the subscription row refers to it.
         let tenant_written = match tenant {
-            Some(TenantWrite::Create(t)) => match insert_tenant(&mut *tx, t).await {
+            Some(TenantWrite::Create(t)) => match insert_tenant(&mut tx, t).await {
                 Ok(()) => true,
                 // Created meanwhile by a concurrent update: start over.
                 Err(crate::domain::Error::AlreadyExists(_)) => false,
                 Err(e) => return Err(e),
             },
             Some(TenantWrite::Replace { tenant, expected }) => {
-                update_tenant(&mut *tx, tenant, *expected).await?
+                update_tenant(&mut tx, tenant, *expected).await?
             }
             None => true,
         };
