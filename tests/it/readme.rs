@@ -68,6 +68,7 @@ fn readme_walkthrough_runs_as_written() {
         "\nKEY_REVOKED\n",
         "\n750\n",
         "\nTENANT_STATUS_ACTIVE\n",
+        "\nINVOICE_STATUS_DRAFT\nUSD\n",
     ] {
         assert!(
             stdout.contains(expected),
