@@ -355,33 +355,39 @@ fn bind_key_update<'q>(
         .bind(to_micros(expected))
 }
 
+/// `sql` with a tenant's columns bound as $1-$13, in `TENANT_COLUMNS` order.
+fn bind_tenant<'q>(
+    sql: &'q str,
+    t: &'q Tenant,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(t.id.to_string())
+        .bind(
+            t.profile
+                .external_id
+                .as_ref()
+                .map(|e| e.as_str().to_owned()),
+        )
+        .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
+        .bind(t.profile.name.clone())
+        .bind(t.profile.company.clone())
+        .bind(t.plan_id.to_string())
+        .bind(t.status.as_str())
+        .bind(t.trial_end.map(to_micros))
+        .bind(json(&t.profile.metadata))
+        .bind(to_micros(t.created_at))
+        .bind(to_micros(t.updated_at))
+        .bind(t.billing_period.map(|p| to_micros(p.start)))
+        .bind(t.billing_period.map(|p| to_micros(p.end)))
+}
+
 /// Inserts the tenant and the first entry of its plan history.
 async fn insert_tenant(conn: &mut sqlx::AnyConnection, t: &Tenant) -> Result<()> {
-    sqlx::query(&format!(
+    let sql = format!(
         "INSERT INTO tenants ({TENANT_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    ))
-    .bind(t.id.to_string())
-    .bind(
-        t.profile
-            .external_id
-            .as_ref()
-            .map(|e| e.as_str().to_owned()),
-    )
-    .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
-    .bind(t.profile.name.clone())
-    .bind(t.profile.company.clone())
-    .bind(t.plan_id.to_string())
-    .bind(t.status.as_str())
-    .bind(t.trial_end.map(to_micros))
-    .bind(json(&t.profile.metadata))
-    .bind(to_micros(t.created_at))
-    .bind(to_micros(t.updated_at))
-    .bind(t.billing_period.map(|p| to_micros(p.start)))
-    .bind(t.billing_period.map(|p| to_micros(p.end)))
-    .execute(&mut *conn)
-    .await
-    .map_err(db(
+    );
+    bind_tenant(&sql, t).execute(&mut *conn).await.map_err(db(
         "creating a tenant",
         "a tenant with this external id exists already",
     ))?;
@@ -435,35 +441,19 @@ async fn update_tenant(
     t: &Tenant,
     expected: Timestamp,
 ) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE tenants SET external_id = $2, email = $3, name = $4, company = $5, \
-         plan_id = $6, status = $7, trial_end = $8, metadata = $9, updated_at = $10, \
-         period_start = $12, period_end = $13 WHERE id = $1 AND updated_at = $11",
-    )
-    .bind(t.id.to_string())
-    .bind(
-        t.profile
-            .external_id
-            .as_ref()
-            .map(|e| e.as_str().to_owned()),
-    )
-    .bind(t.profile.email.as_ref().map(|e| e.as_str().to_owned()))
-    .bind(t.profile.name.clone())
-    .bind(t.profile.company.clone())
-    .bind(t.plan_id.to_string())
-    .bind(t.status.as_str())
-    .bind(t.trial_end.map(to_micros))
-    .bind(json(&t.profile.metadata))
-    .bind(to_micros(t.updated_at))
-    .bind(to_micros(expected))
-    .bind(t.billing_period.map(|p| to_micros(p.start)))
-    .bind(t.billing_period.map(|p| to_micros(p.end)))
-    .execute(&mut *conn)
-    .await
-    .map_err(db(
-        "updating a tenant",
-        "a tenant with this external id exists already",
-    ))?;
+    let sql = format!(
+        "UPDATE tenants SET ({TENANT_COLUMNS}) = \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         WHERE id = $1 AND updated_at = $14"
+    );
+    let done = bind_tenant(&sql, t)
+        .bind(to_micros(expected))
+        .execute(&mut *conn)
+        .await
+        .map_err(db(
+            "updating a tenant",
+            "a tenant with this external id exists already",
+        ))?;
     if done.rows_affected() != 1 {
         return Ok(false);
     }
