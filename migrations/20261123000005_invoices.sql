@@ -39,3 +39,8 @@ CREATE TABLE invoice_lines (
     amount_minor       BIGINT NOT NULL,
     PRIMARY KEY (invoice_id, position)
 );
+
+-- When a tenant's trial started and when it converted to paying, for the
+-- revenue summary's trial figures.
+ALTER TABLE tenants ADD COLUMN trial_started_at BIGINT;
+ALTER TABLE tenants ADD COLUMN converted_at BIGINT;

@@ -364,7 +364,7 @@ impl Catalog {
                 t.profile.company = v;
             }
             if let Some(v) = patch.status {
-                t.status = v;
+                t.set_status(v, now());
             }
             if let Some(v) = patch.trial_end {
                 t.trial_end = v;
@@ -620,6 +620,8 @@ fn tenant_on(plan: &Plan, new: NewTenant, at: Timestamp) -> Tenant {
         status,
         trial_end,
         billing_period: None,
+        trial_started_at: (status == TenantStatus::Trialing).then_some(at),
+        converted_at: None,
         created_at: at,
         updated_at: at,
     }

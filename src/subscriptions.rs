@@ -14,7 +14,7 @@ use crate::{
         subscription::{
             ApplyOutcome, Subscription, SubscriptionId, SubscriptionStatus, SubscriptionUpdate,
         },
-        tenant::{Tenant, TenantProfile},
+        tenant::{Tenant, TenantProfile, TenantStatus},
         text::Metadata,
     },
     store::{SubscriptionStore, TenantWrite},
@@ -168,9 +168,12 @@ impl Subscriptions {
                         metadata: Metadata::default(),
                     },
                     plan_id: mapping.plan_id,
-                    status: u.status.tenant_status(),
+                    // `follow` sets it, noting a trial's start.
+                    status: TenantStatus::Active,
                     trial_end: None,
                     billing_period: None,
+                    trial_started_at: None,
+                    converted_at: None,
                     created_at: at,
                     updated_at: at,
                 },
@@ -205,7 +208,7 @@ fn follow(
     at: crate::domain::Timestamp,
 ) -> Tenant {
     t.plan_id = plan_id;
-    t.status = u.status.tenant_status();
+    t.set_status(u.status.tenant_status(), at);
     t.trial_end = match u.status {
         SubscriptionStatus::Trialing => u.trial_end,
         _ => None,

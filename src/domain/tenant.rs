@@ -99,6 +99,27 @@ pub struct Tenant {
     /// The current billing period, as the tenant's subscription reports it;
     /// `None` for tenants without one.
     pub billing_period: Option<super::verify::Period>,
+    /// When the tenant first started a trial.
+    pub trial_started_at: Option<Timestamp>,
+    /// When it went from a trial to active.
+    pub converted_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl Tenant {
+    /// Moves the tenant to `status` at `at`, noting a trial's start and its
+    /// conversion to active.
+    pub fn set_status(&mut self, status: TenantStatus, at: Timestamp) {
+        if status == TenantStatus::Trialing && self.trial_started_at.is_none() {
+            self.trial_started_at = Some(at);
+        }
+        if self.status == TenantStatus::Trialing
+            && status == TenantStatus::Active
+            && self.converted_at.is_none()
+        {
+            self.converted_at = Some(at);
+        }
+        self.status = status;
+    }
 }

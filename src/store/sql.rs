@@ -265,6 +265,8 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
             (Some(start), Some(end)) => Some(Period { start, end }),
             _ => None,
         },
+        trial_started_at: opt_time(row, "trial_started_at")?,
+        converted_at: opt_time(row, "converted_at")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
     })
@@ -323,7 +325,8 @@ const PLAN_COLUMNS: &str = "id, slug, display_name, price_amount_minor, price_cu
     billing_interval, trial_days, rate_limit, quotas, features, quota_reset_day, archived, \
     created_at, updated_at";
 const TENANT_COLUMNS: &str = "id, external_id, email, name, company, plan_id, status, \
-    trial_end, metadata, created_at, updated_at, period_start, period_end";
+    trial_end, metadata, created_at, updated_at, period_start, period_end, trial_started_at, \
+    converted_at";
 const KEY_COLUMNS: &str = "id, tenant_id, name, environment, prefix, disabled, expires_at, \
     rate_limit_override, quota_overrides, metadata, created_at, updated_at, last_used_at, \
     revoked_at";
@@ -355,7 +358,7 @@ fn bind_key_update<'q>(
         .bind(to_micros(expected))
 }
 
-/// `sql` with a tenant's columns bound as $1-$13, in `TENANT_COLUMNS` order.
+/// `sql` with a tenant's columns bound as $1-$15, in `TENANT_COLUMNS` order.
 fn bind_tenant<'q>(
     sql: &'q str,
     t: &'q Tenant,
@@ -379,13 +382,15 @@ fn bind_tenant<'q>(
         .bind(to_micros(t.updated_at))
         .bind(t.billing_period.map(|p| to_micros(p.start)))
         .bind(t.billing_period.map(|p| to_micros(p.end)))
+        .bind(t.trial_started_at.map(to_micros))
+        .bind(t.converted_at.map(to_micros))
 }
 
 /// Inserts the tenant and the first entry of its plan history.
 async fn insert_tenant(conn: &mut sqlx::AnyConnection, t: &Tenant) -> Result<()> {
     let sql = format!(
         "INSERT INTO tenants ({TENANT_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     );
     bind_tenant(&sql, t).execute(&mut *conn).await.map_err(db(
         "creating a tenant",
@@ -443,8 +448,8 @@ async fn update_tenant(
 ) -> Result<bool> {
     let sql = format!(
         "UPDATE tenants SET ({TENANT_COLUMNS}) = \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         WHERE id = $1 AND updated_at = $14"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         WHERE id = $1 AND updated_at = $16"
     );
     let done = bind_tenant(&sql, t)
         .bind(to_micros(expected))

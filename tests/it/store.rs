@@ -129,6 +129,8 @@ fn tenant(plan: PlanId, external: Option<&str>) -> Tenant {
             start: t,
             end: t + Duration::days(30),
         }),
+        trial_started_at: Some(t),
+        converted_at: None,
         created_at: t,
         updated_at: t,
     }
@@ -619,6 +621,8 @@ async fn tenants_round_trip(db: TestDb) {
         status: TenantStatus::PastDue,
         trial_end: None,
         billing_period: None,
+        trial_started_at: None,
+        converted_at: None,
         created_at: t,
         updated_at: at(t, 7),
     };
