@@ -13,6 +13,7 @@ pub mod invoicing;
 pub mod limiter;
 pub mod metering;
 pub mod replicas;
+pub mod revenue;
 pub mod startup;
 pub mod store;
 pub mod subscriptions;

@@ -38,6 +38,7 @@ use crate::{
     },
     metering::Metering,
     replicas::{self, ChangeBus},
+    revenue::Revenue,
     store::{CredentialStore, sql::SqlStore},
     subscriptions::Subscriptions,
     verifier::{EntitlementCache, Verifier},
@@ -247,6 +248,7 @@ impl Application {
                 Credits::new(catalog.clone(), store.clone()),
                 subscriptions,
                 Invoicing::new(catalog.clone(), store.clone(), store.clone()),
+                Revenue::new(store.clone()),
             )))
             .add_service(KeysServer::new(KeysService::new(catalog)))
             .add_service(VerifyServer::new(VerifyService::new(verifier)))

@@ -7,6 +7,7 @@ pub mod invoice;
 pub mod key;
 pub mod page;
 pub mod plan;
+pub mod revenue;
 pub mod secret;
 pub mod subscription;
 pub mod tenant;

@@ -17,13 +17,15 @@ use crate::{
         credits::{CreditType, EntryKind},
         ids::InvoiceId,
         ids::{PlanId, TenantId},
-        invoice::parse_month,
+        invoice::{month_of, parse_month},
+        now,
         page::PageRequest,
         subscription::SubscriptionId,
         tenant::ExternalId,
     },
     invoicing::Invoicing,
     metering::Metering,
+    revenue::Revenue,
     store::TenantFilter,
     subscriptions::Subscriptions,
 };
@@ -34,6 +36,7 @@ pub struct BillingService {
     credits: Credits,
     subscriptions: Subscriptions,
     invoicing: Invoicing,
+    revenue: Revenue,
 }
 
 impl BillingService {
@@ -43,6 +46,7 @@ impl BillingService {
         credits: Credits,
         subscriptions: Subscriptions,
         invoicing: Invoicing,
+        revenue: Revenue,
     ) -> Self {
         Self {
             catalog,
@@ -50,6 +54,7 @@ impl BillingService {
             credits,
             subscriptions,
             invoicing,
+            revenue,
         }
     }
 }
@@ -230,6 +235,20 @@ impl billing_server::Billing for BillingService {
             invoices: page.items.iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn get_revenue_summary(
+        &self,
+        req: Request<pb::GetRevenueSummaryRequest>,
+    ) -> Reply<pb::GetRevenueSummaryResponse> {
+        let period = req.into_inner().period;
+        let month = if period.is_empty() {
+            month_of(now())
+        } else {
+            parse_month("period", &period).map_err(Error::from)?
+        };
+        let summary = self.revenue.summary(month).await?;
+        Ok(Response::new((&summary).into()))
     }
 
     async fn grant_credits(&self, req: Request<pb::GrantCreditsRequest>) -> Reply<pb::CreditEntry> {

@@ -1049,3 +1049,46 @@ impl From<&Invoice> for pb::Invoice {
         }
     }
 }
+
+fn money(m: &std::collections::BTreeMap<String, i64>) -> Vec<pb::Money> {
+    m.iter()
+        .map(|(currency, amount)| pb::Money {
+            currency: currency.clone(),
+            amount_minor: *amount,
+        })
+        .collect()
+}
+
+fn figures(f: &[crate::domain::revenue::TenantFigure]) -> Vec<pb::TenantFigure> {
+    f.iter()
+        .map(|f| pb::TenantFigure {
+            tenant_id: f.tenant_id.to_string(),
+            external_id: f.external_id.clone().unwrap_or_default(),
+            value: f.value,
+            currency: f.currency.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+impl From<&crate::domain::revenue::RevenueSummary> for pb::GetRevenueSummaryResponse {
+    fn from(r: &crate::domain::revenue::RevenueSummary) -> Self {
+        pb::GetRevenueSummaryResponse {
+            period: r.month.name.clone(),
+            mrr: money(&r.mrr),
+            tenants_by_status: r
+                .tenants_by_status
+                .iter()
+                .map(|(s, n)| pb::TenantStatusCount {
+                    status: tenant_status_to_pb(*s) as i32,
+                    tenants: *n,
+                })
+                .collect(),
+            trials_started: r.trials_started,
+            trials_converted: r.trials_converted,
+            total_calls: r.total_calls,
+            overage_revenue: money(&r.overage_revenue),
+            top_by_usage: figures(&r.top_by_usage),
+            top_by_revenue: figures(&r.top_by_revenue),
+        }
+    }
+}

@@ -243,3 +243,16 @@ pub trait InvoiceStore: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Vec<Invoice>>;
 }
+
+/// What the revenue summary reads, all of it at once.
+#[async_trait]
+pub trait RevenueStore: Send + Sync + 'static {
+    async fn all_tenants(&self) -> Result<Vec<Tenant>>;
+    async fn all_plans(&self) -> Result<Vec<Plan>>;
+    /// Units per tenant over all resources, for counters whose period starts
+    /// in `[from, to)`.
+    async fn usage_by_tenant(&self, from: Timestamp, to: Timestamp)
+    -> Result<Vec<(TenantId, i64)>>;
+    /// The month's invoices: tenant, currency, total, and overage part.
+    async fn invoice_totals(&self, month: &str) -> Result<Vec<(TenantId, String, i64, i64)>>;
+}

@@ -33,6 +33,7 @@ use crate::domain::{
 
 mod credits;
 mod invoices;
+mod revenue;
 mod subscriptions;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -12,6 +12,7 @@ mod invoices;
 mod readme;
 mod replicas;
 mod restart;
+mod revenue;
 mod signup;
 mod store;
 mod subscriptions;
