@@ -33,6 +33,16 @@ pub struct RevenueSummary {
     pub top_by_revenue: Vec<TenantFigure>,
 }
 
+impl RevenueSummary {
+    /// Drops money in any other currency.
+    pub fn keep_currency(&mut self, code: &str) {
+        self.mrr.retain(|c, _| c == code);
+        self.overage_revenue.retain(|c, _| c == code);
+        self.top_by_revenue
+            .retain(|f| f.currency.as_deref() == Some(code));
+    }
+}
+
 /// Statuses that pay every month: active, and past due while the provider
 /// retries. Trials pay nothing yet; canceled and revoked tenants will not
 /// renew.

@@ -500,4 +500,71 @@ mod tests {
         assert_eq!(p.start, datetime!(2027-01-31 12:00 UTC));
         assert_eq!(p.end, datetime!(2028-01-31 12:00 UTC));
     }
+
+    #[test]
+    fn billing_period_quotas_follow_the_subscription() {
+        use crate::domain::{
+            ids::{PlanId, TenantId},
+            plan::{Currency, PlanSpec, Price, Slug},
+            tenant::TenantProfile,
+        };
+        let created = datetime!(2026-01-03 9:00 UTC);
+        let plan = Plan {
+            id: PlanId::generate(),
+            slug: Slug::parse("", "pro").unwrap(),
+            spec: PlanSpec {
+                display_name: "Pro".into(),
+                price: Price {
+                    amount_minor: 100,
+                    currency: Currency::parse("", "USD").unwrap(),
+                },
+                billing_interval: BillingInterval::Month,
+                trial_days: 0,
+                rate_limit: limit(60, 10),
+                quotas: vec![],
+                features: vec![],
+                quota_reset: QuotaReset::BillingPeriod,
+            },
+            archived: false,
+            created_at: created,
+            updated_at: created,
+        };
+        let mut tenant = Tenant {
+            id: TenantId::generate(),
+            profile: TenantProfile::default(),
+            plan_id: plan.id,
+            status: TenantStatus::Active,
+            trial_end: None,
+            billing_period: None,
+            trial_started_at: None,
+            converted_at: None,
+            created_at: created,
+            updated_at: created,
+        };
+        let at = datetime!(2026-11-20 0:00 UTC);
+        // Without a subscription: months from the tenant's creation.
+        assert_eq!(
+            tenant_period(&plan, &tenant, at).start,
+            datetime!(2026-11-03 9:00 UTC)
+        );
+        // With one: its own period, whatever its length.
+        let period = Period {
+            start: datetime!(2026-11-10 14:30 UTC),
+            end: datetime!(2026-12-10 14:30 UTC),
+        };
+        tenant.billing_period = Some(period);
+        assert_eq!(tenant_period(&plan, &tenant, at), period);
+        // After it, months stepping on from its start.
+        assert_eq!(
+            tenant_period(&plan, &tenant, datetime!(2026-12-15 0:00 UTC)).start,
+            datetime!(2026-12-10 14:30 UTC)
+        );
+        // A calendar-month plan ignores it.
+        let mut calendar = plan.clone();
+        calendar.spec.quota_reset = QuotaReset::CalendarMonth { day: 1 };
+        assert_eq!(
+            tenant_period(&calendar, &tenant, at).start,
+            datetime!(2026-11-01 0:00 UTC)
+        );
+    }
 }

@@ -20,6 +20,7 @@ use crate::{
         invoice::{month_of, parse_month},
         now,
         page::PageRequest,
+        plan::Currency,
         subscription::SubscriptionId,
         tenant::ExternalId,
     },
@@ -241,13 +242,24 @@ impl billing_server::Billing for BillingService {
         &self,
         req: Request<pb::GetRevenueSummaryRequest>,
     ) -> Reply<pb::GetRevenueSummaryResponse> {
-        let period = req.into_inner().period;
-        let month = if period.is_empty() {
-            month_of(now())
+        let req = req.into_inner();
+        let mut v = Violations::default();
+        let month = if req.period.is_empty() {
+            Some(month_of(now()))
         } else {
-            parse_month("period", &period).map_err(Error::from)?
+            v.check("", parse_month("period", &req.period))
         };
-        let summary = self.revenue.summary(month).await?;
+        let currency = if req.currency.is_empty() {
+            Some(None)
+        } else {
+            v.check("", Currency::parse("currency", &req.currency))
+                .map(Some)
+        };
+        let (month, currency) = v.finish(|| Some((month?, currency?)))?;
+        let mut summary = self.revenue.summary(month).await?;
+        if let Some(currency) = currency {
+            summary.keep_currency(currency.code());
+        }
         Ok(Response::new((&summary).into()))
     }
 

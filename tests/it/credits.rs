@@ -402,6 +402,37 @@ async fn bad_input_writes_nothing(db: TestDb) {
     let status = l.debit(1, "").await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("idempotency_key"), "{status:?}");
+    let unknown = format!("ten_{}", uuid::Uuid::now_v7().simple());
+    let status = l
+        .client
+        .clone()
+        .get_balances(crate::helpers::with_token(
+            GetBalancesRequest { tenant_id: unknown },
+            &l.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    for (tenant_id, credit_type, field) in [("ten_x", "", "tenant_id"), ("", "", "tenant_id")]
+        .into_iter()
+        .chain([(tenant.as_str(), "Not A Type", "credit_type")])
+    {
+        let status = l
+            .client
+            .clone()
+            .list_ledger(crate::helpers::with_token(
+                ListLedgerRequest {
+                    tenant_id: tenant_id.into(),
+                    credit_type: credit_type.into(),
+                    ..Default::default()
+                },
+                &l.token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
     assert!(l.entries().await.is_empty(), "nothing was written");
     assert_eq!(l.balance().await, 0);
     // Then the same key works: nothing of the refused calls was kept.

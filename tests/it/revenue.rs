@@ -63,10 +63,19 @@ async fn summary(
     server: &InProcess,
     period: &str,
 ) -> Result<GetRevenueSummaryResponse, tonic::Status> {
+    summary_in(server, period, "").await
+}
+
+async fn summary_in(
+    server: &InProcess,
+    period: &str,
+    currency: &str,
+) -> Result<GetRevenueSummaryResponse, tonic::Status> {
     server
         .billing()
         .get_revenue_summary(server.admin(GetRevenueSummaryRequest {
             period: period.into(),
+            currency: currency.into(),
         }))
         .await
         .map(tonic::Response::into_inner)
@@ -89,7 +98,7 @@ fn count(r: &GetRevenueSummaryResponse, status: TenantStatus) -> i64 {
         .map_or(0, |c| c.tenants)
 }
 
-crate::conformance!(mrr_trials_usage_and_revenue, a_bad_period_is_refused);
+crate::conformance!(mrr_trials_usage_and_revenue, bad_input_is_refused);
 
 async fn mrr_trials_usage_and_revenue(db: TestDb) {
     let server = InProcess::start(db).await;
@@ -178,17 +187,27 @@ async fn mrr_trials_usage_and_revenue(db: TestDb) {
     assert_eq!(r.top_by_revenue[0].value, invoice.total_minor);
     assert_eq!(r.top_by_revenue[0].currency, "USD");
 
+    // One currency only.
+    let r = summary_in(&server, &month.name, "EUR").await.unwrap();
+    assert_eq!(r.mrr, money(&[("EUR", 9_325)]));
+    assert!(r.overage_revenue.is_empty() && r.top_by_revenue.is_empty());
+
     // Another month has its own figures.
     let r = summary(&server, "2020-01").await.unwrap();
     assert_eq!((r.total_calls, r.trials_started), (0, 0));
     assert!(r.top_by_revenue.is_empty());
 }
 
-async fn a_bad_period_is_refused(db: TestDb) {
+async fn bad_input_is_refused(db: TestDb) {
     let server = InProcess::start(db).await;
     for bad in ["2026-13", "11/2026", "soon"] {
         let status = summary(&server, bad).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("period"), "{status:?}");
+    }
+    for bad in ["XXQ", "usd", "DOLLARS"] {
+        let status = summary_in(&server, "", bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("currency"), "{status:?}");
     }
 }

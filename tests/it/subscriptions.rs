@@ -422,6 +422,38 @@ async fn bad_updates_write_nothing(db: TestDb) {
         .subscriptions;
     assert!(listed.is_empty(), "nothing was written");
     assert_eq!(tenant(&server).await.unwrap_err().code(), Code::NotFound);
+    let status = server
+        .billing()
+        .get_subscription(server.admin(GetSubscriptionRequest {
+            provider: "polar".into(),
+            id: "sub_1".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = server
+        .billing()
+        .get_subscription(server.admin(GetSubscriptionRequest {
+            provider: "paypal".into(),
+            id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("provider") && status.message().contains("id"),
+        "{status:?}"
+    );
+    let status = server
+        .billing()
+        .list_subscriptions(server.admin(ListSubscriptionsRequest {
+            tenant_id: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("tenant_id"), "{status:?}");
 }
 
 async fn concurrent_deliveries_make_one_tenant(db: TestDb) {
