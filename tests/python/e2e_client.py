@@ -167,6 +167,7 @@ class E2E:
         self.auth_checks(tenant)
         metered = self.verify_checks()
         self.usage_checks(metered)
+        self.billing_checks(pro)
         return self.passed
 
     def plan_checks(self):
@@ -492,6 +493,66 @@ class E2E:
                                self.billing.GetUsage,
                                B.GetUsageRequest(tenant_id="not-a-tenant-id"))
         self.check_bad_request_field("GetUsage malformed tenant_id", err, "tenant_id")
+
+    def billing_checks(self, plan) -> None:
+        B, V = self.B, self.V
+        signed = self.call("Signup", self.billing.Signup, B.SignupRequest(
+            email=f"py-{self.suffix}@example.test", company="Py Corp", plan_slug=plan.slug))
+        self.check("Signup: a tenant and its key", signed.tenant.id.startswith("ten_")
+                   and signed.key.tenant_id == signed.tenant.id, f"got {brief(signed)}")
+        tenant_id = signed.tenant.id
+        answer = self.call("Verify the signup's secret", self.verifier.Verify,
+                           V.VerifyRequest(key=signed.secret, resource="chat_requests"),
+                           metadata=self.verify)
+        self.check("Signup then Verify: VALID", answer.code == V.VALID, f"got {brief(answer)}")
+
+        grant = self.call("GrantCredits", self.billing.GrantCredits, B.GrantCreditsRequest(
+            tenant_id=tenant_id, credit_type="gpt-4", amount=10, idempotency_key="py-grant"))
+        self.check("GrantCredits: balance_after 10", grant.balance_after == 10, brief(grant))
+        err = self.expect_code("DebitCredits over the balance", grpc.StatusCode.FAILED_PRECONDITION,
+                               self.billing.DebitCredits, B.DebitCreditsRequest(
+                                   tenant_id=tenant_id, credit_type="gpt-4", amount=11,
+                                   idempotency_key="py-big"))
+        status = rpc_status.from_call(err)
+        reasons = []
+        for detail in status.details if status else []:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reasons.append(info.reason)
+        self.check("DebitCredits over the balance: ErrorInfo reason INSUFFICIENT_CREDITS",
+                   reasons == ["INSUFFICIENT_CREDITS"], f"got {reasons}")
+        debit = B.DebitCreditsRequest(tenant_id=tenant_id, credit_type="gpt-4", amount=4,
+                                      idempotency_key="py-job")
+        first = self.call("DebitCredits", self.billing.DebitCredits, debit)
+        again = self.call("DebitCredits retried", self.billing.DebitCredits, debit)
+        self.check("DebitCredits retried: the first entry, replayed",
+                   again.id == first.id and again.replayed and not first.replayed,
+                   f"{brief(first)} / {brief(again)}")
+        balances = self.call("GetBalances", self.billing.GetBalances,
+                             B.GetBalancesRequest(tenant_id=tenant_id))
+        self.check("GetBalances: 6 left", [(b.credit_type, b.balance) for b in balances.balances]
+                   == [("gpt-4", 6)], brief(balances))
+        short = self.call("Verify needing 7 credits", self.verifier.Verify, V.VerifyRequest(
+            key=signed.secret, resource="chat_requests", credit_type="gpt-4", credit_units=7),
+            metadata=self.verify)
+        self.check("Verify needing 7 credits: INSUFFICIENT_CREDITS, HTTP 402",
+                   short.code == V.INSUFFICIENT_CREDITS and short.http_status == 402,
+                   brief(short))
+
+        applied = self.call("ApplySubscription for an unmapped product",
+                            self.billing.ApplySubscription, B.ApplySubscriptionRequest(
+                                provider="polar", subscription_id=f"sub_py_{self.suffix}",
+                                customer=B.Customer(external_id=f"cus_py_{self.suffix}"),
+                                product_id=f"prod_py_{self.suffix}",
+                                status=B.SUBSCRIPTION_STATUS_ACTIVE,
+                                modified_at=signed.tenant.create_time))
+        self.check("ApplySubscription for an unmapped product: PENDING",
+                   applied.outcome == B.APPLY_OUTCOME_PENDING, brief(applied))
+        err = self.expect_code("GenerateInvoice with a bad period",
+                               grpc.StatusCode.INVALID_ARGUMENT, self.billing.GenerateInvoice,
+                               B.GenerateInvoiceRequest(tenant_id=tenant_id, period="2026-13"))
+        self.check_bad_request_field("GenerateInvoice with a bad period", err, "period")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
