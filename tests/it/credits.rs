@@ -287,7 +287,7 @@ async fn a_refused_debit_takes_nothing(db: TestDb) {
 async fn expired_grants_stop_counting(db: TestDb) {
     let (server, tenant) = start(db).await;
     let l = Ledger::of(&server, &tenant);
-    let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(1_500);
+    let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(3_000);
     let expiring = l
         .grant_request(GrantCreditsRequest {
             tenant_id: tenant.clone(),
@@ -303,7 +303,11 @@ async fn expired_grants_stop_counting(db: TestDb) {
     // Debits spend the expiring grant first.
     l.debit(4, "use").await.unwrap();
     assert_eq!(l.balance().await, 11);
-    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    // Past the promo's expiry (however long the calls above took).
+    let left = soon
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + std::time::Duration::from_millis(200)).await;
     assert_eq!(
         l.balance().await,
         5,
