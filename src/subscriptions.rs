@@ -208,7 +208,7 @@ fn follow(
     at: crate::domain::Timestamp,
 ) -> Tenant {
     t.plan_id = plan_id;
-    t.set_status(u.status.tenant_status(), at);
+    t.set_status(u.tenant_status(), at);
     t.trial_end = match u.status {
         SubscriptionStatus::Trialing => u.trial_end,
         _ => None,

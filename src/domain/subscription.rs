@@ -104,6 +104,20 @@ pub struct SubscriptionUpdate {
     pub event_id: Option<EventId>,
 }
 
+impl SubscriptionUpdate {
+    /// The tenant's status under this update. A subscription set to cancel
+    /// at its period's end is still active at the provider until then; the
+    /// tenant is canceled now, which keeps its access until the period ends
+    /// even if no later update ever arrives.
+    pub fn tenant_status(&self) -> TenantStatus {
+        if self.cancel_at_period_end && self.status != SubscriptionStatus::Revoked {
+            TenantStatus::Canceled
+        } else {
+            self.status.tenant_status()
+        }
+    }
+}
+
 /// A subscription as stored: the latest update, and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {

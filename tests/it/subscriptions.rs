@@ -135,6 +135,7 @@ crate::conformance!(
     an_unmapped_product_waits_for_its_mapping,
     an_upgrade_reaches_the_next_verify,
     cancellation_keeps_access_until_the_period_ends,
+    a_canceled_status_follows_its_period_end,
     revocation_ends_access_at_once,
     repeated_and_older_updates_change_nothing,
     bad_updates_write_nothing,
@@ -221,11 +222,13 @@ async fn cancellation_keeps_access_until_the_period_ends(db: TestDb) {
         .await
         .unwrap();
     let secret = key(&server).await;
+    // A subscription canceled at period end is still active at the
+    // provider until then; the tenant is canceled, with access until the end.
     let end = SystemTime::now() + Duration::from_millis(3_000);
     let canceled = ApplySubscriptionRequest {
         current_period_end: Some(end.into()),
         cancel_at_period_end: true,
-        ..update("prod_free", SubscriptionStatus::Canceled, 2)
+        ..update("prod_free", SubscriptionStatus::Active, 2)
     };
     assert_eq!(
         apply(&server, canceled).await.unwrap(),
@@ -241,6 +244,39 @@ async fn cancellation_keeps_access_until_the_period_ends(db: TestDb) {
     );
     tokio::time::sleep(end.duration_since(SystemTime::now()).unwrap_or_default()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::TenantInactive as i32
+    );
+}
+
+async fn a_canceled_status_follows_its_period_end(db: TestDb) {
+    let (server, _, _) = start(db).await;
+    let ended = SystemTime::now() - Duration::from_secs(60);
+    let ends = SystemTime::now() + Duration::from_secs(3_600);
+    apply(
+        &server,
+        ApplySubscriptionRequest {
+            current_period_end: Some(ends.into()),
+            ..update("prod_free", SubscriptionStatus::Canceled, 1)
+        },
+    )
+    .await
+    .unwrap();
+    let secret = key(&server).await;
+    assert_eq!(
+        verify(&server, &secret, &[]).await,
+        VerifyCode::Valid as i32
+    );
+    apply(
+        &server,
+        ApplySubscriptionRequest {
+            current_period_end: Some(ended.into()),
+            ..update("prod_free", SubscriptionStatus::Canceled, 2)
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         verify(&server, &secret, &[]).await,
         VerifyCode::TenantInactive as i32
