@@ -4,8 +4,7 @@ use tonic::{Request, Response, Status};
 use super::{
     convert::{
         Violations, apply_outcome_to_pb, credit_change, entry_to_pb, from_timestamp, id, id_filter,
-        key_to_pb, new_tenant, provider, signup, subscription_update, tenant_patch,
-        tenant_status_filter,
+        key_to_pb, new_tenant, signup, subscription_update, tenant_patch, tenant_status_filter,
     },
     pb::{self, billing_server},
 };
@@ -20,7 +19,7 @@ use crate::{
         invoice::{month_of, parse_month},
         now,
         page::PageRequest,
-        plan::Currency,
+        plan::{Currency, Provider},
         subscription::SubscriptionId,
         tenant::ExternalId,
     },
@@ -160,7 +159,7 @@ impl billing_server::Billing for BillingService {
     ) -> Reply<pb::Subscription> {
         let req = req.into_inner();
         let mut v = Violations::default();
-        let provider = provider(&mut v, "provider", &req.provider);
+        let provider = v.required("provider", &req.provider, Provider::parse);
         let id = v.check("", SubscriptionId::parse("id", &req.id));
         let (provider, id) = v.finish(|| Some((provider?, id?)))?;
         let subscription = self.subscriptions.get(provider, &id).await?;
@@ -192,12 +191,7 @@ impl billing_server::Billing for BillingService {
     ) -> Reply<pb::Invoice> {
         let req = req.into_inner();
         let mut v = Violations::default();
-        let tenant_id = if req.tenant_id.is_empty() {
-            v.push("tenant_id", "is required");
-            None
-        } else {
-            v.check("", TenantId::parse("tenant_id", &req.tenant_id))
-        };
+        let tenant_id = v.required("tenant_id", &req.tenant_id, TenantId::parse);
         let month = v.check("", parse_month("period", &req.period));
         let (tenant_id, month) = v.finish(|| Some((tenant_id?, month?)))?;
         let invoice = self.invoicing.generate(tenant_id, month).await?;

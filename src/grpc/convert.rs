@@ -5,34 +5,30 @@ use std::collections::HashMap;
 use prost_types::{FieldMask, Timestamp as PbTimestamp};
 
 use super::pb;
-use crate::domain::{
-    credits::{
-        Applied, Balance, CreditChange, CreditType, EntryKind, IdempotencyKey, LedgerEntry,
-        parse_amount,
-    },
-    ids::TenantId,
-};
-use crate::domain::{
-    invoice::{Invoice, InvoiceStatus, LineKind},
-    plan::{ProductId, Provider},
-    subscription::{
-        ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionStatus,
-        SubscriptionUpdate,
-    },
-    verify::Period,
-};
 use crate::{
     catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, Signup, TenantPatch},
     domain::{
-        Error, FieldViolation, Result, Timestamp, from_micros,
+        Error, FieldViolation, Result, Timestamp,
+        credits::{
+            Applied, Balance, CreditChange, CreditType, EntryKind, IdempotencyKey, LedgerEntry,
+            parse_amount,
+        },
+        from_micros,
+        ids::TenantId,
+        invoice::{Invoice, InvoiceStatus, LineKind},
         key::{ApiKey, KeyEnvironment, KeySettings, KeyStatus},
         plan::{
-            BillingInterval, Feature, MAX_TRIAL_DAYS, Overage, Plan, PlanSpec, Price,
-            ProductMapping, Quota, QuotaReset, RateLimit, Slug,
+            BillingInterval, Feature, MAX_TRIAL_DAYS, Overage, Plan, PlanSpec, Price, ProductId,
+            ProductMapping, Provider, Quota, QuotaReset, RateLimit, Slug,
+        },
+        subscription::{
+            ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionStatus,
+            SubscriptionUpdate,
         },
         tenant::{Email, ExternalId, Tenant, TenantProfile, TenantStatus, parse_name},
         text::{Metadata, bounded},
         to_micros,
+        verify::Period,
     },
     metering::UsageReport,
 };
@@ -73,6 +69,21 @@ impl Violations {
             }))
         })
         .ok()
+    }
+
+    /// Parses a required string field: empty is "is required", anything
+    /// else goes through `parse`.
+    pub fn required<T>(
+        &mut self,
+        field: &str,
+        s: &str,
+        parse: impl FnOnce(&str, &str) -> std::result::Result<T, FieldViolation>,
+    ) -> Option<T> {
+        if s.is_empty() {
+            self.push(field, "is required");
+            return None;
+        }
+        self.check("", parse(field, s))
     }
 
     pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
@@ -410,15 +421,11 @@ pub fn new_tenant(req: pb::CreateTenantRequest) -> Result<NewTenant> {
     let name = v.check("", parse_name("tenant.name", &t.name));
     let company = v.check("", parse_name("tenant.company", &t.company));
     let metadata = metadata(&mut v, "tenant.metadata", &t.metadata);
-    let plan_id = if t.plan_id.is_empty() {
-        v.push("tenant.plan_id", "is required");
-        None
-    } else {
-        v.check(
-            "",
-            crate::domain::ids::PlanId::parse("tenant.plan_id", &t.plan_id),
-        )
-    };
+    let plan_id = v.required(
+        "tenant.plan_id",
+        &t.plan_id,
+        crate::domain::ids::PlanId::parse,
+    );
     let status = tenant_status(&mut v, "tenant.status", t.status);
     let trial_end = opt_timestamp(&mut v, "tenant.trial_end", t.trial_end.as_ref());
     v.finish(|| {
@@ -513,15 +520,7 @@ pub fn new_key(req: pb::CreateKeyRequest) -> Result<NewKey> {
         return Err(Error::invalid("key", "is required"));
     };
     let mut v = Violations::default();
-    let tenant_id = if k.tenant_id.is_empty() {
-        v.push("key.tenant_id", "is required");
-        None
-    } else {
-        v.check(
-            "",
-            crate::domain::ids::TenantId::parse("key.tenant_id", &k.tenant_id),
-        )
-    };
+    let tenant_id = v.required("key.tenant_id", &k.tenant_id, TenantId::parse);
     let environment = key_environment(&mut v, "key.environment", k.environment);
     let name = display_name(&mut v, "key.name", &k.name);
     let expires_at = opt_timestamp(&mut v, "key.expire_time", k.expire_time.as_ref());
@@ -756,12 +755,7 @@ pub fn credit_change(
     expire_time: Option<&PbTimestamp>,
 ) -> Result<CreditChange> {
     let mut v = Violations::default();
-    let tenant_id = if tenant_id.is_empty() {
-        v.push("tenant_id", "is required");
-        None
-    } else {
-        v.check("", TenantId::parse("tenant_id", tenant_id))
-    };
+    let tenant_id = v.required("tenant_id", tenant_id, TenantId::parse);
     let credit_type = v.check("", CreditType::parse("credit_type", credit_type));
     let amount = v.check("", parse_amount("amount", amount));
     let idempotency_key = v.check(
@@ -823,12 +817,7 @@ pub fn signup(req: pb::SignupRequest) -> Result<Signup> {
     let email = v.check("", Email::parse("email", &req.email));
     let company = display_name(&mut v, "company", &req.company);
     let name = v.check("", parse_name("name", &req.name));
-    let plan = if req.plan_slug.is_empty() {
-        v.push("plan_slug", "is required");
-        None
-    } else {
-        v.check("", Slug::parse("plan_slug", &req.plan_slug))
-    };
+    let plan = v.required("plan_slug", &req.plan_slug, Slug::parse);
     let environment = key_environment(&mut v, "environment", req.environment);
     v.finish(|| {
         Some(Signup {
@@ -851,18 +840,9 @@ fn subscription_status_to_pb(s: SubscriptionStatus) -> pb::SubscriptionStatus {
     }
 }
 
-/// A required provider name.
-pub fn provider(v: &mut Violations, field: &str, s: &str) -> Option<Provider> {
-    if s.is_empty() {
-        v.push(field, "is required");
-        return None;
-    }
-    v.check("", Provider::parse(field, s))
-}
-
 pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<SubscriptionUpdate> {
     let mut v = Violations::default();
-    let provider = provider(&mut v, "provider", &r.provider);
+    let provider = v.required("provider", &r.provider, Provider::parse);
     let id = v.check(
         "",
         SubscriptionId::parse("subscription_id", &r.subscription_id),
@@ -873,15 +853,7 @@ pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<Subscripti
             None
         }
         Some(c) => {
-            let external_id = if c.external_id.is_empty() {
-                v.push("customer.external_id", "is required");
-                None
-            } else {
-                v.check(
-                    "",
-                    ExternalId::parse("customer.external_id", &c.external_id),
-                )
-            };
+            let external_id = v.required("customer.external_id", &c.external_id, ExternalId::parse);
             let email = if c.email.is_empty() {
                 Some(None)
             } else {
