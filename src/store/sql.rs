@@ -401,7 +401,7 @@ async fn insert_tenant(conn: &mut sqlx::AnyConnection, t: &Tenant) -> Result<()>
 }
 
 async fn insert_key(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     key: &ApiKey,
     secret: SecretHash,
 ) -> Result<()> {
@@ -424,17 +424,27 @@ async fn insert_key(
     .bind(to_micros(key.updated_at))
     .bind(key.last_used_at.map(to_micros))
     .bind(key.revoked_at.map(to_micros))
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db("creating a key", ""))?;
+    insert_secret(conn, key.id, secret, key.created_at).await
+}
+
+/// Adds a secret to a key, valid until rotated out.
+async fn insert_secret(
+    conn: &mut sqlx::AnyConnection,
+    key_id: KeyId,
+    secret: SecretHash,
+    created_at: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO api_key_secrets (secret_hash, key_id, created_at, expires_at) \
          VALUES ($1, $2, $3, NULL)",
     )
     .bind(secret.to_hex())
-    .bind(key.id.to_string())
-    .bind(to_micros(key.created_at))
-    .execute(&mut **tx)
+    .bind(key_id.to_string())
+    .bind(to_micros(created_at))
+    .execute(&mut *conn)
     .await
     .map_err(db("storing a key's secret", ""))?;
     Ok(())
@@ -827,16 +837,7 @@ impl CatalogStore for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(db("expiring a key's old secret", ""))?;
-        sqlx::query(
-            "INSERT INTO api_key_secrets (secret_hash, key_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, NULL)",
-        )
-        .bind(new_secret.to_hex())
-        .bind(key.id.to_string())
-        .bind(to_micros(key.updated_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("storing a key's new secret", ""))?;
+        insert_secret(&mut tx, key.id, new_secret, key.updated_at).await?;
         tx.commit().await.map_err(db("rotating a key", ""))?;
         Ok(true)
     }
