@@ -10,7 +10,7 @@ use crate::{
         invoice::{BillingMonth, Invoice, InvoiceStatus, overage_line, plan_line, segments},
         now,
         page::{Page, PageRequest},
-        plan::Resource,
+        plan::{Plan, Resource},
     },
     store::{InvoiceStore, UsageStore},
 };
@@ -45,30 +45,30 @@ impl Invoicing {
             history.push((tenant.created_at, tenant.plan_id));
         }
         let period = month.period;
-        let parts = segments(&history, period);
-        let Some(last) = parts.last() else {
-            return Err(Error::FailedPrecondition(format!(
-                "tenant {tenant_id} had no plan in {}",
-                month.name
-            )));
-        };
         let mut lines = Vec::new();
-        let mut currency = None;
-        for &(plan_id, from, to) in &parts {
+        let mut last: Option<Plan> = None;
+        for (plan_id, from, to) in segments(&history, period) {
             let plan = self.catalog.get_plan(&PlanRef::Id(plan_id)).await?;
-            let c = plan.spec.price.currency;
-            if currency.is_some_and(|seen| seen != c) {
+            if last
+                .as_ref()
+                .is_some_and(|l| l.spec.price.currency != plan.spec.price.currency)
+            {
                 return Err(Error::FailedPrecondition(format!(
                     "tenant {tenant_id} changed between plans in different currencies in {}; \
                      one invoice has one currency",
                     month.name
                 )));
             }
-            currency = Some(c);
             lines.push(plan_line(&plan, from, to, period));
+            last = Some(plan);
         }
         // Overage under the plan in force at the month's end.
-        let plan = self.catalog.get_plan(&PlanRef::Id(last.0)).await?;
+        let Some(plan) = last else {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {tenant_id} had no plan in {}",
+                month.name
+            )));
+        };
         let mut used: BTreeMap<Resource, i64> = BTreeMap::new();
         for total in self
             .usage
@@ -85,7 +85,7 @@ impl Invoicing {
             id: InvoiceId::generate(),
             tenant_id,
             month,
-            currency: currency.expect("at least one plan line"),
+            currency: plan.spec.price.currency,
             total_minor: lines.iter().map(|l| l.amount_minor).sum(),
             lines,
             status: InvoiceStatus::Draft,
