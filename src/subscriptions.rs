@@ -11,9 +11,7 @@ use crate::{
         now,
         page::{Page, PageRequest},
         plan::{ProductId, Provider},
-        subscription::{
-            ApplyOutcome, Subscription, SubscriptionId, SubscriptionStatus, SubscriptionUpdate,
-        },
+        subscription::{ApplyOutcome, Subscription, SubscriptionId, SubscriptionUpdate},
         tenant::{Tenant, TenantProfile, TenantStatus},
         text::Metadata,
     },
@@ -210,7 +208,7 @@ fn follow(
     t.plan_id = plan_id;
     t.set_status(u.tenant_status(), at);
     t.trial_end = match u.status {
-        SubscriptionStatus::Trialing => u.trial_end,
+        TenantStatus::Trialing => u.trial_end,
         _ => None,
     };
     t.billing_period = u.period;

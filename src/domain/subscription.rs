@@ -38,47 +38,6 @@ impl EventId {
     }
 }
 
-/// A subscription's status, as the provider reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriptionStatus {
-    Trialing,
-    Active,
-    PastDue,
-    Canceled,
-    Revoked,
-}
-
-impl SubscriptionStatus {
-    pub const ALL: [Self; 5] = [
-        Self::Trialing,
-        Self::Active,
-        Self::PastDue,
-        Self::Canceled,
-        Self::Revoked,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        self.tenant_status().as_str()
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// The tenant's status under this subscription: the same word. A
-    /// canceled tenant keeps access until its billing period ends; a revoked
-    /// one loses it at once.
-    pub fn tenant_status(self) -> TenantStatus {
-        match self {
-            Self::Trialing => TenantStatus::Trialing,
-            Self::Active => TenantStatus::Active,
-            Self::PastDue => TenantStatus::PastDue,
-            Self::Canceled => TenantStatus::Canceled,
-            Self::Revoked => TenantStatus::Revoked,
-        }
-    }
-}
-
 /// The customer a subscription belongs to; found again by `external_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
@@ -94,7 +53,9 @@ pub struct SubscriptionUpdate {
     pub id: SubscriptionId,
     pub customer: Customer,
     pub product_id: ProductId,
-    pub status: SubscriptionStatus,
+    /// The subscription's status, in the words of the tenant's (a
+    /// provider's own statuses are mapped onto these at the edge).
+    pub status: TenantStatus,
     pub period: Option<Period>,
     pub cancel_at_period_end: bool,
     pub trial_end: Option<Timestamp>,
@@ -110,10 +71,10 @@ impl SubscriptionUpdate {
     /// tenant is canceled now, which keeps its access until the period ends
     /// even if no later update ever arrives.
     pub fn tenant_status(&self) -> TenantStatus {
-        if self.cancel_at_period_end && self.status != SubscriptionStatus::Revoked {
+        if self.cancel_at_period_end && self.status != TenantStatus::Revoked {
             TenantStatus::Canceled
         } else {
-            self.status.tenant_status()
+            self.status
         }
     }
 }
@@ -129,7 +90,9 @@ pub struct Subscription {
     pub plan_id: Option<PlanId>,
     /// `None` while pending for a customer Tollgate does not know yet.
     pub tenant_id: Option<TenantId>,
-    pub status: SubscriptionStatus,
+    /// The subscription's status, in the words of the tenant's (a
+    /// provider's own statuses are mapped onto these at the edge).
+    pub status: TenantStatus,
     pub period: Option<Period>,
     pub cancel_at_period_end: bool,
     pub trial_end: Option<Timestamp>,

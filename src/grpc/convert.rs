@@ -22,8 +22,7 @@ use crate::{
             ProductMapping, Provider, Quota, QuotaReset, RateLimit, Slug,
         },
         subscription::{
-            ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionStatus,
-            SubscriptionUpdate,
+            ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionUpdate,
         },
         tenant::{Email, ExternalId, Tenant, TenantProfile, TenantStatus, parse_name},
         text::{Metadata, bounded},
@@ -830,13 +829,13 @@ pub fn signup(req: pb::SignupRequest) -> Result<Signup> {
     })
 }
 
-fn subscription_status_to_pb(s: SubscriptionStatus) -> pb::SubscriptionStatus {
+fn subscription_status_to_pb(s: TenantStatus) -> pb::SubscriptionStatus {
     match s {
-        SubscriptionStatus::Trialing => pb::SubscriptionStatus::Trialing,
-        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
-        SubscriptionStatus::PastDue => pb::SubscriptionStatus::PastDue,
-        SubscriptionStatus::Canceled => pb::SubscriptionStatus::Canceled,
-        SubscriptionStatus::Revoked => pb::SubscriptionStatus::Revoked,
+        TenantStatus::Trialing => pb::SubscriptionStatus::Trialing,
+        TenantStatus::Active => pb::SubscriptionStatus::Active,
+        TenantStatus::PastDue => pb::SubscriptionStatus::PastDue,
+        TenantStatus::Canceled => pb::SubscriptionStatus::Canceled,
+        TenantStatus::Revoked => pb::SubscriptionStatus::Revoked,
     }
 }
 
@@ -872,11 +871,11 @@ pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<Subscripti
     };
     let product_id = v.check("", ProductId::parse("product_id", &r.product_id));
     let status = match pb::SubscriptionStatus::try_from(r.status) {
-        Ok(pb::SubscriptionStatus::Trialing) => Some(SubscriptionStatus::Trialing),
-        Ok(pb::SubscriptionStatus::Active) => Some(SubscriptionStatus::Active),
-        Ok(pb::SubscriptionStatus::PastDue) => Some(SubscriptionStatus::PastDue),
-        Ok(pb::SubscriptionStatus::Canceled) => Some(SubscriptionStatus::Canceled),
-        Ok(pb::SubscriptionStatus::Revoked) => Some(SubscriptionStatus::Revoked),
+        Ok(pb::SubscriptionStatus::Trialing) => Some(TenantStatus::Trialing),
+        Ok(pb::SubscriptionStatus::Active) => Some(TenantStatus::Active),
+        Ok(pb::SubscriptionStatus::PastDue) => Some(TenantStatus::PastDue),
+        Ok(pb::SubscriptionStatus::Canceled) => Some(TenantStatus::Canceled),
+        Ok(pb::SubscriptionStatus::Revoked) => Some(TenantStatus::Revoked),
         Ok(pb::SubscriptionStatus::Unspecified) => {
             v.push("status", "is required");
             None

@@ -13,8 +13,8 @@ use crate::{
         ids::{PlanId, TenantId},
         page::PageRequest,
         plan::{ProductId, Provider},
-        subscription::{Customer, EventId, Subscription, SubscriptionId, SubscriptionStatus},
-        tenant::{Email, ExternalId},
+        subscription::{Customer, EventId, Subscription, SubscriptionId},
+        tenant::{Email, ExternalId, TenantStatus},
         to_micros,
         verify::Period,
     },
@@ -51,7 +51,7 @@ fn from_row(row: &AnyRow) -> Result<Subscription> {
             .transpose()?,
         status: parsed(
             "status",
-            SubscriptionStatus::from_name(&text(row, "status")?).ok_or(()),
+            TenantStatus::from_name(&text(row, "status")?).ok_or(()),
         )?,
         period: match (opt_time(row, "period_start")?, opt_time(row, "period_end")?) {
             (Some(start), Some(end)) => Some(Period { start, end }),
