@@ -229,7 +229,7 @@ impl Catalog {
         product_id: ProductId,
         plan_id: PlanId,
     ) -> Result<ProductMapping> {
-        self.assignable_plan(plan_id).await?;
+        self.assignable_plan(&PlanRef::Id(plan_id)).await?;
         let mapping = ProductMapping {
             provider,
             product_id,
@@ -268,11 +268,12 @@ impl Catalog {
     }
 
     /// The plan, if a tenant or product may be put on it.
-    async fn assignable_plan(&self, id: PlanId) -> Result<Plan> {
-        let plan = self.get_plan(&PlanRef::Id(id)).await?;
+    async fn assignable_plan(&self, plan: &PlanRef) -> Result<Plan> {
+        let plan = self.get_plan(plan).await?;
         if plan.archived {
             return Err(Error::FailedPrecondition(format!(
-                "plan {id} is archived; no tenant or product can be put on it"
+                "plan {} is archived; no tenant or product can be put on it",
+                plan.id
             )));
         }
         Ok(plan)
@@ -281,7 +282,7 @@ impl Catalog {
     // ---- tenants ---------------------------------------------------------
 
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant> {
-        let plan = self.assignable_plan(new.plan_id).await?;
+        let plan = self.assignable_plan(&PlanRef::Id(new.plan_id)).await?;
         let tenant = tenant_on(&plan, new, now());
         self.store.create_tenant(&tenant).await?;
         Ok(tenant)
@@ -290,8 +291,7 @@ impl Catalog {
     /// Self-service signup: a tenant on the plan (trialing for the plan's
     /// trial days, if any) and its first key, in one transaction.
     pub async fn signup(&self, signup: Signup) -> Result<(Tenant, IssuedKey)> {
-        let plan = self.get_plan(&PlanRef::Slug(signup.plan)).await?;
-        let plan = self.assignable_plan(plan.id).await?;
+        let plan = self.assignable_plan(&PlanRef::Slug(signup.plan)).await?;
         let at = now();
         let tenant = tenant_on(
             &plan,
@@ -378,7 +378,7 @@ impl Catalog {
     }
 
     pub async fn change_plan(&self, id: TenantId, plan_id: PlanId) -> Result<Tenant> {
-        let plan = self.assignable_plan(plan_id).await?;
+        let plan = self.assignable_plan(&PlanRef::Id(plan_id)).await?;
         self.modify_tenant(id, move |t| {
             t.plan_id = plan.id;
             Ok(())
