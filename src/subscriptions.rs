@@ -11,7 +11,10 @@ use crate::{
         now,
         page::{Page, PageRequest},
         plan::{ProductId, Provider},
-        subscription::{ApplyOutcome, Subscription, SubscriptionId, SubscriptionUpdate},
+        subscription::{
+            ApplyOutcome, Customer, CustomerUpdate, Subscription, SubscriptionId,
+            SubscriptionUpdate,
+        },
         tenant::{Tenant, TenantProfile, TenantStatus},
         text::Metadata,
     },
@@ -89,6 +92,63 @@ impl Subscriptions {
         Ok(Page::from_rows(&page, rows, |s| s.id.as_str().to_owned()))
     }
 
+    /// Applies a provider's update of a customer to its tenant: `Stale` or
+    /// `Unchanged` when not newer than the last one applied.
+    pub async fn apply_customer(&self, u: &CustomerUpdate) -> Result<(ApplyOutcome, Tenant)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let link = self.store.customer_link(u.provider, &u.id).await?;
+            let tenant = self
+                .find_tenant(u.provider, &u.customer())
+                .await?
+                .ok_or_else(|| Error::not_found("tenant of customer", u.id.as_str()))?;
+            let seen = link.and_then(|l| l.modified_at);
+            if let Some(seen) = seen
+                && u.modified_at <= seen
+            {
+                let outcome = if u.modified_at == seen {
+                    ApplyOutcome::Unchanged
+                } else {
+                    ApplyOutcome::Stale
+                };
+                return Ok((outcome, tenant));
+            }
+            let expected = tenant.updated_at;
+            let mut updated = tenant;
+            take_customer(&mut updated, &u.customer());
+            updated.updated_at = now();
+            if self
+                .store
+                .save_customer(u.provider, &u.id, &updated, expected, u.modified_at)
+                .await?
+            {
+                self.catalog.announce(Change::Tenant(updated.id));
+                return Ok((ApplyOutcome::Applied, updated));
+            }
+        }
+        Err(Error::Aborted(format!(
+            "customer {} kept changing concurrently; retry",
+            u.id.as_str()
+        )))
+    }
+
+    /// The customer's tenant: by external id when set, else (or when no
+    /// tenant has it yet) by the provider's id for the customer.
+    async fn find_tenant(&self, provider: Provider, c: &Customer) -> Result<Option<Tenant>> {
+        let store = self.catalog.store();
+        if let Some(external_id) = &c.external_id
+            && let Some(t) = store.get_tenant_by_external_id(external_id).await?
+        {
+            return Ok(Some(t));
+        }
+        match &c.provider_id {
+            Some(id) => match self.store.customer_link(provider, id).await? {
+                Some(link) => store.get_tenant(link.tenant_id).await,
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
     /// One attempt; `None` when a concurrent change came first.
     async fn try_apply(
         &self,
@@ -113,9 +173,7 @@ impl Subscriptions {
         }
         let store = self.catalog.store();
         let mapping = store.get_product_mapping(u.provider, &u.product_id).await?;
-        let tenant = store
-            .get_tenant_by_external_id(&u.customer.external_id)
-            .await?;
+        let tenant = self.find_tenant(u.provider, &u.customer).await?;
         let at = now();
         let mut subscription = Subscription {
             provider: u.provider,
@@ -159,7 +217,7 @@ impl Subscriptions {
                 Tenant {
                     id: TenantId::generate(),
                     profile: TenantProfile {
-                        external_id: Some(u.customer.external_id.clone()),
+                        external_id: u.customer.external_id.clone(),
                         email: None,
                         name: String::new(),
                         company: String::new(),
@@ -207,17 +265,27 @@ fn follow(
 ) -> Tenant {
     t.plan_id = plan_id;
     t.set_status(u.tenant_status(), at);
+    take_customer(&mut t, &u.customer);
     t.trial_end = match u.status {
         TenantStatus::Trialing => u.trial_end,
         _ => None,
     };
     t.billing_period = u.period;
-    if u.customer.email.is_some() {
-        t.profile.email = u.customer.email.clone();
-    }
-    if !u.customer.name.is_empty() {
-        t.profile.name = u.customer.name.clone();
-    }
     t.updated_at = at;
     t
+}
+
+/// The tenant takes what the provider says of its customer: the email and
+/// name when given, and the external id when it has none yet (it was found
+/// by the provider's id for the customer).
+fn take_customer(t: &mut Tenant, c: &Customer) {
+    if c.email.is_some() {
+        t.profile.email = c.email.clone();
+    }
+    if !c.name.is_empty() {
+        t.profile.name = c.name.clone();
+    }
+    if t.profile.external_id.is_none() {
+        t.profile.external_id = c.external_id.clone();
+    }
 }

@@ -38,12 +38,61 @@ impl EventId {
     }
 }
 
-/// The customer a subscription belongs to; found again by `external_id`.
+/// The provider's id of a customer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomerId(String);
+
+impl CustomerId {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
+        bounded(field, s, 200, true).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The customer a subscription belongs to. Its tenant is the one with its
+/// `external_id` when set, else the one linked to its provider id: never
+/// found by email, which the customer may change or share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
-    pub external_id: ExternalId,
+    pub external_id: Option<ExternalId>,
+    pub provider_id: Option<CustomerId>,
     pub email: Option<Email>,
     pub name: String,
+}
+
+/// Which tenant a provider's customer is, and the modification time of the
+/// last customer update applied (`None` until one is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CustomerLink {
+    pub tenant_id: TenantId,
+    pub modified_at: Option<Timestamp>,
+}
+
+/// A provider's update of a customer: its tenant takes the email and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerUpdate {
+    pub provider: Provider,
+    /// The customer's provider id: its updates are ordered per id.
+    pub id: CustomerId,
+    pub external_id: Option<ExternalId>,
+    pub email: Option<Email>,
+    pub name: String,
+    /// The provider's modification time: what orders updates.
+    pub modified_at: Timestamp,
+}
+
+impl CustomerUpdate {
+    pub fn customer(&self) -> Customer {
+        Customer {
+            external_id: self.external_id.clone(),
+            provider_id: Some(self.id.clone()),
+            email: self.email.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// One report of a subscription's state.
@@ -69,12 +118,13 @@ impl SubscriptionUpdate {
     /// The tenant's status under this update. A subscription set to cancel
     /// at its period's end is still active at the provider until then; the
     /// tenant is canceled now, which keeps its access until the period ends
-    /// even if no later update ever arrives.
+    /// even if no later update ever arrives. Revoked and paused stay as
+    /// they are: access is gone already.
     pub fn tenant_status(&self) -> TenantStatus {
-        if self.cancel_at_period_end && self.status != TenantStatus::Revoked {
-            TenantStatus::Canceled
-        } else {
-            self.status
+        match self.status {
+            TenantStatus::Revoked | TenantStatus::Paused => self.status,
+            _ if self.cancel_at_period_end => TenantStatus::Canceled,
+            _ => self.status,
         }
     }
 }

@@ -12,15 +12,18 @@ pub enum TenantStatus {
     PastDue,
     Canceled,
     Revoked,
+    /// The subscription is paused: no access until it resumes.
+    Paused,
 }
 
 impl TenantStatus {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Trialing,
         Self::Active,
         Self::PastDue,
         Self::Canceled,
         Self::Revoked,
+        Self::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +33,7 @@ impl TenantStatus {
             Self::PastDue => "past_due",
             Self::Canceled => "canceled",
             Self::Revoked => "revoked",
+            Self::Paused => "paused",
         }
     }
 

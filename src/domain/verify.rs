@@ -150,7 +150,7 @@ pub fn tenant_active(tenant: &Tenant, at: Timestamp) -> bool {
         // Access after cancellation lasts until the paid period ends; with no
         // period known, it has ended.
         TenantStatus::Canceled => tenant.billing_period.is_some_and(|p| at < p.end),
-        TenantStatus::Revoked => false,
+        TenantStatus::Revoked | TenantStatus::Paused => false,
     }
 }
 

@@ -3,8 +3,9 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        Violations, apply_outcome_to_pb, credit_change, entry_to_pb, from_timestamp, id, id_filter,
-        key_to_pb, new_tenant, signup, subscription_update, tenant_patch, tenant_status_filter,
+        Violations, apply_outcome_to_pb, credit_change, customer_update, entry_to_pb,
+        from_timestamp, id, id_filter, key_to_pb, new_tenant, signup, subscription_update,
+        tenant_patch, tenant_status_filter,
     },
     pb::{self, billing_server},
 };
@@ -150,6 +151,18 @@ impl billing_server::Billing for BillingService {
         Ok(Response::new(pb::ApplySubscriptionResponse {
             outcome: apply_outcome_to_pb(outcome) as i32,
             subscription: Some((&subscription).into()),
+        }))
+    }
+
+    async fn apply_customer(
+        &self,
+        req: Request<pb::ApplyCustomerRequest>,
+    ) -> Reply<pb::ApplyCustomerResponse> {
+        let update = customer_update(req.into_inner())?;
+        let (outcome, tenant) = self.subscriptions.apply_customer(&update).await?;
+        Ok(Response::new(pb::ApplyCustomerResponse {
+            outcome: apply_outcome_to_pb(outcome) as i32,
+            tenant: Some((&tenant).into()),
         }))
     }
 

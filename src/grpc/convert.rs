@@ -22,7 +22,8 @@ use crate::{
             ProductMapping, Provider, Quota, QuotaReset, RateLimit, Slug,
         },
         subscription::{
-            ApplyOutcome, Customer, EventId, Subscription, SubscriptionId, SubscriptionUpdate,
+            ApplyOutcome, Customer, CustomerId, CustomerUpdate, EventId, Subscription,
+            SubscriptionId, SubscriptionUpdate,
         },
         tenant::{Email, ExternalId, Tenant, TenantProfile, TenantStatus, parse_name},
         text::{Metadata, bounded},
@@ -384,6 +385,7 @@ fn tenant_status(v: &mut Violations, field: &str, raw: i32) -> Option<Option<Ten
         Ok(P::PastDue) => Some(Some(TenantStatus::PastDue)),
         Ok(P::Canceled) => Some(Some(TenantStatus::Canceled)),
         Ok(P::Revoked) => Some(Some(TenantStatus::Revoked)),
+        Ok(P::Paused) => Some(Some(TenantStatus::Paused)),
         Err(_) => {
             v.push(field, format!("{raw} is not a TenantStatus"));
             None
@@ -405,6 +407,20 @@ fn opt_timestamp(
     match t {
         None => Some(None),
         Some(t) => v.check("", from_timestamp(field, t)).map(Some),
+    }
+}
+
+fn required_timestamp(
+    v: &mut Violations,
+    field: &str,
+    t: Option<&PbTimestamp>,
+) -> Option<Timestamp> {
+    match t {
+        None => {
+            v.push(field, "is required");
+            None
+        }
+        Some(t) => v.check("", from_timestamp(field, t)),
     }
 }
 
@@ -662,6 +678,7 @@ pub fn tenant_status_to_pb(s: TenantStatus) -> pb::TenantStatus {
         TenantStatus::PastDue => pb::TenantStatus::PastDue,
         TenantStatus::Canceled => pb::TenantStatus::Canceled,
         TenantStatus::Revoked => pb::TenantStatus::Revoked,
+        TenantStatus::Paused => pb::TenantStatus::Paused,
     }
 }
 
@@ -836,7 +853,64 @@ fn subscription_status_to_pb(s: TenantStatus) -> pb::SubscriptionStatus {
         TenantStatus::PastDue => pb::SubscriptionStatus::PastDue,
         TenantStatus::Canceled => pb::SubscriptionStatus::Canceled,
         TenantStatus::Revoked => pb::SubscriptionStatus::Revoked,
+        TenantStatus::Paused => pb::SubscriptionStatus::Paused,
     }
+}
+
+/// A required `customer`: at least one of its two ids.
+fn customer(v: &mut Violations, c: Option<&pb::Customer>) -> Option<Customer> {
+    let Some(c) = c else {
+        v.push("customer", "is required");
+        return None;
+    };
+    if c.external_id.is_empty() && c.provider_customer_id.is_empty() {
+        v.push(
+            "customer.external_id",
+            "customer.external_id or customer.provider_customer_id is required",
+        );
+        return None;
+    }
+    let external_id = optional(v, &c.external_id, |s| {
+        ExternalId::parse("customer.external_id", s)
+    });
+    let provider_id = optional(v, &c.provider_customer_id, |s| {
+        CustomerId::parse("customer.provider_customer_id", s)
+    });
+    let email = optional(v, &c.email, |s| Email::parse("customer.email", s));
+    let name = v.check("", parse_name("customer.name", &c.name));
+    Some(Customer {
+        external_id: external_id?,
+        provider_id: provider_id?,
+        email: email?,
+        name: name?,
+    })
+}
+
+pub fn customer_update(r: pb::ApplyCustomerRequest) -> Result<CustomerUpdate> {
+    let mut v = Violations::default();
+    let provider = v.required("provider", &r.provider, Provider::parse);
+    let customer = customer(&mut v, r.customer.as_ref());
+    let id = match &customer {
+        Some(Customer {
+            provider_id: None, ..
+        }) => {
+            v.push("customer.provider_customer_id", "is required");
+            None
+        }
+        c => c.as_ref().and_then(|c| c.provider_id.clone()),
+    };
+    let modified_at = required_timestamp(&mut v, "modified_at", r.modified_at.as_ref());
+    v.finish(|| {
+        let c = customer?;
+        Some(CustomerUpdate {
+            provider: provider?,
+            id: id?,
+            external_id: c.external_id,
+            email: c.email,
+            name: c.name,
+            modified_at: modified_at?,
+        })
+    })
 }
 
 pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<SubscriptionUpdate> {
@@ -846,29 +920,7 @@ pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<Subscripti
         "",
         SubscriptionId::parse("subscription_id", &r.subscription_id),
     );
-    let customer = match &r.customer {
-        None => {
-            v.push("customer", "is required");
-            None
-        }
-        Some(c) => {
-            let external_id = v.required("customer.external_id", &c.external_id, ExternalId::parse);
-            let email = if c.email.is_empty() {
-                Some(None)
-            } else {
-                v.check("", Email::parse("customer.email", &c.email))
-                    .map(Some)
-            };
-            let name = v.check("", parse_name("customer.name", &c.name));
-            (|| {
-                Some(Customer {
-                    external_id: external_id?,
-                    email: email?,
-                    name: name?,
-                })
-            })()
-        }
-    };
+    let customer = customer(&mut v, r.customer.as_ref());
     let product_id = v.check("", ProductId::parse("product_id", &r.product_id));
     let status = match pb::SubscriptionStatus::try_from(r.status) {
         Ok(pb::SubscriptionStatus::Trialing) => Some(TenantStatus::Trialing),
@@ -876,6 +928,7 @@ pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<Subscripti
         Ok(pb::SubscriptionStatus::PastDue) => Some(TenantStatus::PastDue),
         Ok(pb::SubscriptionStatus::Canceled) => Some(TenantStatus::Canceled),
         Ok(pb::SubscriptionStatus::Revoked) => Some(TenantStatus::Revoked),
+        Ok(pb::SubscriptionStatus::Paused) => Some(TenantStatus::Paused),
         Ok(pb::SubscriptionStatus::Unspecified) => {
             v.push("status", "is required");
             None
@@ -911,13 +964,7 @@ pub fn subscription_update(r: pb::ApplySubscriptionRequest) -> Result<Subscripti
         _ => None,
     };
     let trial_end = opt_timestamp(&mut v, "trial_end", r.trial_end.as_ref());
-    let modified_at = match &r.modified_at {
-        None => {
-            v.push("modified_at", "is required");
-            None
-        }
-        Some(t) => v.check("", from_timestamp("modified_at", t)),
-    };
+    let modified_at = required_timestamp(&mut v, "modified_at", r.modified_at.as_ref());
     let event_id = if r.event_id.is_empty() {
         Some(None)
     } else {
@@ -956,7 +1003,18 @@ impl From<&Subscription> for pb::Subscription {
             id: s.id.as_str().to_owned(),
             tenant_id: s.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
             customer: Some(pb::Customer {
-                external_id: s.customer.external_id.as_str().to_owned(),
+                external_id: s
+                    .customer
+                    .external_id
+                    .as_ref()
+                    .map(|x| x.as_str().to_owned())
+                    .unwrap_or_default(),
+                provider_customer_id: s
+                    .customer
+                    .provider_id
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
                 email: s
                     .customer
                     .email

@@ -14,7 +14,7 @@ use crate::domain::{
     page::PageRequest,
     plan::{Plan, ProductId, ProductMapping, Provider, Resource, Slug},
     secret::SecretHash,
-    subscription::{EventId, Subscription, SubscriptionId},
+    subscription::{CustomerId, CustomerLink, EventId, Subscription, SubscriptionId},
     tenant::{ExternalId, Tenant, TenantStatus},
 };
 
@@ -213,7 +213,8 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn event_applied(&self, provider: Provider, event: &EventId) -> Result<bool>;
     /// In one transaction: the subscription (written only if its stored
     /// `updated_at` is still `expected`; `None`: only if not stored yet),
-    /// the tenant write, and the event as applied. `false`, writing
+    /// the tenant write, the customer's link to the tenant (a new tenant's
+    /// only if the customer has none yet), and the event as applied. `false`, writing
     /// nothing, when a concurrent change came first.
     async fn save_subscription(
         &self,
@@ -221,6 +222,23 @@ pub trait SubscriptionStore: Send + Sync + 'static {
         expected: Option<Timestamp>,
         tenant: Option<&TenantWrite>,
         event: Option<&EventId>,
+    ) -> Result<bool>;
+    async fn customer_link(
+        &self,
+        provider: Provider,
+        id: &CustomerId,
+    ) -> Result<Option<CustomerLink>>;
+    /// In one transaction: the tenant (written only if its stored
+    /// `updated_at` is still `expected`) and the customer's link to it with
+    /// `modified_at` (only if newer than the stored one). `false`, writing
+    /// nothing, when a concurrent change came first.
+    async fn save_customer(
+        &self,
+        provider: Provider,
+        id: &CustomerId,
+        tenant: &Tenant,
+        expected: Timestamp,
+        modified_at: Timestamp,
     ) -> Result<bool>;
 }
 
