@@ -17,7 +17,7 @@ use crate::{domain::key::KeyEnvironment, store::sql::Backend};
 
 const DEFAULTS: &str = include_str!("config.default.toml");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod invoicing;
 pub mod limiter;
 pub mod metering;
+pub mod polar;
 pub mod replicas;
 pub mod revenue;
 pub mod startup;
