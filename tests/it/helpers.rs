@@ -290,6 +290,41 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     req
 }
 
+/// Spawns a binary that logs JSON lines on stderr, and waits for the line
+/// `message` that gives the address it listens on. Its logs are kept.
+pub fn spawn_listening(
+    mut cmd: Command,
+    message: &'static str,
+) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["fields"]["message"] == message
+            {
+                let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => addr.parse().expect("listening address"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{cmd:?} did not start; logs: {:?}", logs.lock().unwrap());
+        }
+    };
+    (child, addr, logs)
+}
+
 /// The real `tollgate` binary with a clean environment.
 pub fn tollgate() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -349,35 +384,21 @@ impl Server {
         Self::spawn(cmd, global_args)
     }
 
-    fn spawn(mut cmd: Command, global_args: &[&str]) -> Self {
-        let mut child = cmd
-            .args(global_args)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning tollgate serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["fields"]["message"] == "tollgate serving"
-                {
-                    let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("serving address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("tollgate did not start; logs: {:?}", logs.lock().unwrap());
-            }
-        };
+    /// The same on a given address, e.g. to come back where it was.
+    pub fn start_at(addr: SocketAddr, global_args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut cmd = tollgate();
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::spawn_on(cmd, global_args, &addr.to_string())
+    }
+
+    fn spawn(cmd: Command, global_args: &[&str]) -> Self {
+        Self::spawn_on(cmd, global_args, "127.0.0.1:0")
+    }
+
+    fn spawn_on(mut cmd: Command, global_args: &[&str], listen: &str) -> Self {
+        cmd.args(global_args)
+            .args(["serve", "--listen", listen, "--log-format", "json"]);
+        let (child, addr, logs) = spawn_listening(cmd, "tollgate serving");
         Self { addr, child, logs }
     }
 

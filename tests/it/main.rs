@@ -9,6 +9,7 @@ mod e2e_grpcurl;
 mod e2e_python;
 mod helpers;
 mod invoices;
+mod polar;
 mod readme;
 mod replicas;
 mod restart;

@@ -27,11 +27,13 @@ def main() -> None:
     p.add_argument("--age-seconds", type=int, default=0, help="how old the timestamp is (negative: in the future)")
     p.add_argument("--tamper", action="store_true", help="change the body after signing")
     p.add_argument("--drop-header", action="append", default=[], help="leave this header out")
+    p.add_argument("--secret-bytes", action="store_true", help="sign with the secret's UTF-8 bytes even if it starts with whsec_")
     p.add_argument("--extra-signature", action="store_true", help="put a wrong v1 signature before the right one")
     args = p.parse_args()
 
     body = sys.stdin.buffer.read().decode("utf-8")
-    secret = args.secret if args.secret.startswith("whsec_") else args.secret.encode("utf-8")
+    whsec = args.secret.startswith("whsec_") and not args.secret_bytes
+    secret = args.secret if whsec else args.secret.encode("utf-8")
     sent_at = datetime.now(timezone.utc) - timedelta(seconds=args.age_seconds)
     signature = Webhook(secret).sign(args.id, sent_at, body)
     if args.extra_signature:
