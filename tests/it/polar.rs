@@ -22,17 +22,17 @@ use tonic::transport::Channel;
 
 use crate::helpers::{Server, TestDb, run_tollgate, spawn_listening, valid_plan, venv, with_token};
 
-const SECRET: &str = "polar_whs_8fKq2TnZ4vLx9Rb3Wc7Yd1Hs";
+pub const SECRET: &str = "polar_whs_8fKq2TnZ4vLx9Rb3Wc7Yd1Hs";
 
 /// A running `tollgate-polar`.
-struct Adapter {
-    addr: SocketAddr,
+pub struct Adapter {
+    pub addr: SocketAddr,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Adapter {
-    fn start(server: &str, token: &str, secret: &str) -> Self {
+    pub fn start(server: &str, token: &str, secret: &str) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-polar"));
         for (key, _) in std::env::vars() {
             if key.starts_with("TOLLGATE_") {

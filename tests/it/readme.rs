@@ -104,3 +104,48 @@ fn readme_walkthrough_runs_as_written() {
     assert_eq!(actual["quota"]["used"], "1");
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_polar_delivery_runs_as_written() {
+    use crate::{
+        helpers::{TestDb, run_tollgate},
+        polar::{Adapter, SECRET},
+    };
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = shell_blocks(&readme)[2].clone();
+    assert!(
+        example.contains("webhook-signature"),
+        "the Polar example moved"
+    );
+    let db = TestDb::postgres().await;
+    let admin = run_tollgate(&db, &["admin", "bootstrap"]).trim().to_owned();
+    let server = Server::start(&["--database-url", db.url()]);
+    let adapter = Adapter::start(&server.target(), &admin, SECRET);
+    let run = |secret: &str| {
+        let mut bash = Command::new("bash");
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TOLLGATE_")) {
+            bash.env_remove(key);
+        }
+        bash.args(["-euo", "pipefail", "-c", &example])
+            .env("ADAPTER", adapter.addr.to_string())
+            .env("TOLLGATE_POLAR_WEBHOOK_SECRET", secret)
+            .output()
+            .expect("bash")
+    };
+    let out = run(SECRET);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "example failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("HTTP/1.1 202 Accepted"), "{stdout}");
+    assert!(stdout.contains("{\"outcome\":\"pending\"}"), "{stdout}");
+    // Signed with another secret, the same example is refused.
+    let refused = run("polar_whs_not_the_endpoints");
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).starts_with("HTTP/1.1 403"),
+        "{refused:?}"
+    );
+}
