@@ -123,7 +123,6 @@ impl Adapter {
         let channel = tonic::transport::Endpoint::from_shared(config.server.clone())
             .with_context(|| format!("the server address {:?}", config.server))?
             .connect_timeout(deadline)
-            .timeout(deadline)
             .connect_lazy();
         let app = Arc::new(App {
             webhook,
@@ -253,6 +252,8 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 }
 
 impl App {
+    /// A request with the admin token, and the deadline sent along so the
+    /// server gives up when the adapter does.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
