@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::{
     catalog::{Catalog, TenantRef},
     domain::{
-        Error, Result,
+        Result,
         credits::{Applied, Balance, CreditChange, CreditType, LedgerEntry},
         ids::TenantId,
         now,
@@ -28,11 +28,7 @@ impl Credits {
 
     pub async fn apply(&self, change: CreditChange) -> Result<Applied> {
         self.tenant_exists(change.tenant_id).await?;
-        let at = now();
-        if change.expires_at.is_some_and(|e| e <= at) {
-            return Err(Error::invalid("expire_time", "must be in the future"));
-        }
-        self.store.apply_credit(&change, at).await
+        self.store.apply_credit(&change, now()).await
     }
 
     pub async fn balances(&self, tenant_id: TenantId) -> Result<Vec<Balance>> {

@@ -81,6 +81,21 @@ pub struct CreditChange {
     pub expires_at: Option<Timestamp>,
 }
 
+impl CreditChange {
+    /// What a change must satisfy to be applied now, at `at`: a grant must
+    /// expire after it is made. Checked only once the change is known to be
+    /// new, so a retry after the expiry still gets its first answer.
+    pub fn check_new(&self, at: Timestamp) -> Result<(), super::Error> {
+        if self.expires_at.is_some_and(|e| e <= at) {
+            return Err(super::Error::invalid(
+                "expire_time",
+                "must be in the future",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One applied grant or debit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {

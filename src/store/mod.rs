@@ -158,7 +158,8 @@ pub trait CreditStore: Send + Sync + 'static {
     /// Applies the grant or debit at `at` in one transaction, or returns the
     /// entry an earlier change with the same idempotency key made
     /// (`replayed`). The same key with another change is `AlreadyExists`; a
-    /// debit over the balance is `InsufficientCredits`. Neither writes.
+    /// debit over the balance is `InsufficientCredits`; a new change that
+    /// fails `CreditChange::check_new` is `InvalidArgument`. None writes.
     async fn apply_credit(&self, change: &CreditChange, at: Timestamp) -> Result<Applied>;
     /// Every credit type the tenant has had, with its balance at `at`
     /// (expired grants no longer count).

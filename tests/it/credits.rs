@@ -316,6 +316,19 @@ async fn expired_grants_stop_counting(db: TestDb) {
     assert_insufficient(&l.debit(6, "too-much").await.unwrap_err());
     let d = l.debit(5, "rest").await.unwrap();
     assert_eq!(d.balance_after, 0);
+    // The promo's grant retried after its expiry: its first answer, not a
+    // complaint that the expiry has passed.
+    let retried = l
+        .grant_request(GrantCreditsRequest {
+            tenant_id: tenant.clone(),
+            credit_type: "gpt-4".into(),
+            amount: 10,
+            idempotency_key: "promo".into(),
+            expire_time: Some(soon.into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!((retried.id, retried.replayed), (expiring.id, true));
 }
 
 async fn bad_input_writes_nothing(db: TestDb) {

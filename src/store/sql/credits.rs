@@ -95,6 +95,7 @@ impl SqlStore {
                 replayed: true,
             }));
         }
+        c.check_new(at)?;
         let grants = sqlx::query(
             "SELECT id, remaining, expires_at FROM credit_grants \
              WHERE tenant_id = $1 AND credit_type = $2 AND remaining > 0 \
