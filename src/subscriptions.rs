@@ -95,10 +95,11 @@ impl Subscriptions {
     /// Applies a provider's update of a customer to its tenant: `Stale` or
     /// `Unchanged` when not newer than the last one applied.
     pub async fn apply_customer(&self, u: &CustomerUpdate) -> Result<(ApplyOutcome, Tenant)> {
+        let customer = u.customer();
         for _ in 0..MAX_ATTEMPTS {
             let link = self.store.customer_link(u.provider, &u.id).await?;
             let tenant = self
-                .find_tenant(u.provider, &u.customer())
+                .find_tenant(u.provider, &customer)
                 .await?
                 .ok_or_else(|| Error::not_found("tenant of customer", u.id.as_str()))?;
             let seen = link.and_then(|l| l.modified_at);
@@ -114,7 +115,7 @@ impl Subscriptions {
             }
             let expected = tenant.updated_at;
             let mut updated = tenant;
-            take_customer(&mut updated, &u.customer());
+            take_customer(&mut updated, &customer);
             updated.updated_at = now();
             if self
                 .store

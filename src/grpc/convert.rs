@@ -890,15 +890,10 @@ pub fn customer_update(r: pb::ApplyCustomerRequest) -> Result<CustomerUpdate> {
     let mut v = Violations::default();
     let provider = v.required("provider", &r.provider, Provider::parse);
     let customer = customer(&mut v, r.customer.as_ref());
-    let id = match &customer {
-        Some(Customer {
-            provider_id: None, ..
-        }) => {
-            v.push("customer.provider_customer_id", "is required");
-            None
-        }
-        c => c.as_ref().and_then(|c| c.provider_id.clone()),
-    };
+    let id = customer.as_ref().and_then(|c| c.provider_id.clone());
+    if customer.is_some() && id.is_none() {
+        v.push("customer.provider_customer_id", "is required");
+    }
     let modified_at = required_timestamp(&mut v, "modified_at", r.modified_at.as_ref());
     v.finish(|| {
         let c = customer?;

@@ -11,10 +11,10 @@ pub const PROVIDER: &str = "polar";
 
 /// A delivery's envelope: its type, and the object it is about.
 #[derive(Debug, Deserialize)]
-pub struct Envelope {
+struct Envelope {
     #[serde(rename = "type")]
-    pub kind: String,
-    pub data: serde_json::Value,
+    kind: String,
+    data: serde_json::Value,
 }
 
 /// What a delivery asks of Tollgate.
@@ -125,10 +125,7 @@ fn subscription(
             Malformed(format!("data.status: {:?} is not a Polar status", s.status))
         })?
     };
-    let modified_at = s
-        .modified_at
-        .or(s.created_at)
-        .ok_or_else(|| Malformed("data.modified_at: missing, and no data.created_at".into()))?;
+    let modified_at = order_time(s.modified_at, s.created_at)?;
     let customer = match s.customer {
         Some(c) => customer(&c),
         None => pb::Customer {
@@ -156,6 +153,17 @@ fn subscription(
     })
 }
 
+/// What orders an object's updates: its `modified_at`, which Polar leaves
+/// null until the object is first modified, else its `created_at`.
+fn order_time(
+    modified_at: Option<OffsetDateTime>,
+    created_at: Option<OffsetDateTime>,
+) -> Result<OffsetDateTime, Malformed> {
+    modified_at
+        .or(created_at)
+        .ok_or_else(|| Malformed("data.modified_at: missing, and no data.created_at".into()))
+}
+
 fn customer(c: &Customer) -> pb::Customer {
     pb::Customer {
         external_id: c.external_id.clone().unwrap_or_default(),
@@ -168,10 +176,7 @@ fn customer(c: &Customer) -> pb::Customer {
 }
 
 fn customer_update(c: Customer) -> Result<pb::ApplyCustomerRequest, Malformed> {
-    let modified_at = c
-        .modified_at
-        .or(c.created_at)
-        .ok_or_else(|| Malformed("data.modified_at: missing, and no data.created_at".into()))?;
+    let modified_at = order_time(c.modified_at, c.created_at)?;
     Ok(pb::ApplyCustomerRequest {
         provider: PROVIDER.into(),
         customer: Some(customer(&c)),
