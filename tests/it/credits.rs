@@ -288,16 +288,14 @@ async fn expired_grants_stop_counting(db: TestDb) {
     let (server, tenant) = start(db).await;
     let l = Ledger::of(&server, &tenant);
     let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(3_000);
-    let expiring = l
-        .grant_request(GrantCreditsRequest {
-            tenant_id: tenant.clone(),
-            credit_type: "gpt-4".into(),
-            amount: 10,
-            idempotency_key: "promo".into(),
-            expire_time: Some(soon.into()),
-        })
-        .await
-        .unwrap();
+    let promo = GrantCreditsRequest {
+        tenant_id: tenant.clone(),
+        credit_type: "gpt-4".into(),
+        amount: 10,
+        idempotency_key: "promo".into(),
+        expire_time: Some(soon.into()),
+    };
+    let expiring = l.grant_request(promo.clone()).await.unwrap();
     assert!(expiring.expire_time.is_some());
     l.grant(5, "paid").await.unwrap();
     // Debits spend the expiring grant first.
@@ -318,16 +316,7 @@ async fn expired_grants_stop_counting(db: TestDb) {
     assert_eq!(d.balance_after, 0);
     // The promo's grant retried after its expiry: its first answer, not a
     // complaint that the expiry has passed.
-    let retried = l
-        .grant_request(GrantCreditsRequest {
-            tenant_id: tenant.clone(),
-            credit_type: "gpt-4".into(),
-            amount: 10,
-            idempotency_key: "promo".into(),
-            expire_time: Some(soon.into()),
-        })
-        .await
-        .unwrap();
+    let retried = l.grant_request(promo).await.unwrap();
     assert_eq!((retried.id, retried.replayed), (expiring.id, true));
 }
 
