@@ -1,5 +1,6 @@
-//! The `tollgate` command line: `serve`, `migrate`, and `admin` commands.
-use std::{path::PathBuf, process::ExitCode};
+//! The `tollgate` command line: `serve`, `migrate`, `health`, and `admin`
+//! commands.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -12,7 +13,7 @@ use crate::{
         now,
         text::bounded,
     },
-    startup::{Application, open_store, shutdown_signal},
+    startup::{Application, connect_store, open_store, shutdown_signal},
     store::CredentialStore,
     telemetry,
 };
@@ -53,6 +54,18 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Ask a server's gRPC health service; exit 0 only if it is SERVING.
+    Health {
+        /// The server, as HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        /// The service to ask about; empty: the server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for the answer, connecting included.
+        #[arg(long, default_value_t = 1000)]
+        timeout_millis: u64,
+    },
     /// Manage service credentials.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -119,6 +132,15 @@ pub fn run() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
+    // A client of a server: no configuration of its own to read.
+    if let Command::Health {
+        addr,
+        service,
+        timeout_millis,
+    } = &cli.command
+    {
+        return health(addr, service, Duration::from_millis(*timeout_millis)).await;
+    }
     let mut overrides = Overrides {
         database_url: cli.database_url,
         data_dir: cli.data_dir,
@@ -137,14 +159,21 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     match cli.command {
         Command::Serve { .. } => {
-            let _guard =
-                telemetry::init(config.log_format, &config.log_filter, &config.otlp_endpoint)?;
+            let _guard = telemetry::init(
+                "tollgate",
+                config.log_format,
+                &config.log_filter,
+                &config.otlp_endpoint,
+            )?;
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Health { .. } => unreachable!("answered before reading the configuration"),
         Command::Migrate => {
-            let store = open_store(&config).await?;
+            let store = connect_store(&config).await?;
+            let migrated = store.migrate().await;
             store.close().await;
+            migrated?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -155,6 +184,42 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             create_credential(&config, scope, &name).await
         }
     }
+}
+
+/// Prints the server's health in one line; an error unless it is SERVING.
+async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("--addr {addr:?} is not HOST:PORT"))?
+        .connect_timeout(timeout);
+    let check = async {
+        let channel = endpoint.connect().await?;
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        request.set_timeout(timeout);
+        let answer = HealthClient::new(channel).check(request).await?;
+        anyhow::Ok(answer.into_inner().status)
+    };
+    let what = if service.is_empty() {
+        addr.to_owned()
+    } else {
+        format!("{service} at {addr}")
+    };
+    let status = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no answer within {timeout:?}"))?
+        .with_context(|| what.clone())?;
+    let status = ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown);
+    anyhow::ensure!(
+        status == ServingStatus::Serving,
+        "{what}: {}",
+        status.as_str_name()
+    );
+    println!("{what}: SERVING");
+    Ok(())
 }
 
 async fn create_credential(config: &Config, scope: Scope, name: &str) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use figment::{
-    Figment,
+    Figment, Profile, Provider,
     providers::{Env, Format, Serialized, Toml},
 };
 use serde::{Deserialize, Serialize};
@@ -35,9 +35,16 @@ pub enum RedisFailure {
     Open,
 }
 
+// Unknown settings are an error: a misspelt key in a config file (or a
+// chart's ConfigMap) must stop the server, not be silently ignored.
 #[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served; empty: nowhere.
+    pub metrics_listen: String,
+    /// Apply migrations at start; off where a job runs `tollgate migrate`.
+    pub migrate_on_start: bool,
     pub database_url: String,
     pub data_dir: PathBuf,
     pub database_max_connections: u32,
@@ -80,8 +87,15 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
+        // Only known settings are taken from the environment: other
+        // TOLLGATE_* variables (TOLLGATE_CONFIG, TOLLGATE_WORKER_THREADS, or
+        // the TOLLGATE_PORT Kubernetes sets for a Service named tollgate)
+        // are not settings.
+        let known = known_settings();
+        let env =
+            Env::prefixed("TOLLGATE_").filter(move |key| known.iter().any(|k| key == k.as_str()));
         let config: Config = figment
-            .merge(Env::prefixed("TOLLGATE_").ignore(&["config"]))
+            .merge(env)
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("reading configuration")?;
@@ -91,6 +105,7 @@ impl Config {
 
     /// Rejects combinations that cannot work, naming the setting.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.metrics_addr()?;
         if !self.database_url.is_empty() && Backend::of_url(&self.database_url).is_none() {
             bail!(
                 "database_url must start with postgres://, postgresql:// or sqlite:, or be empty for the embedded SQLite file"
@@ -151,6 +166,20 @@ impl Config {
         Ok(())
     }
 
+    /// The address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.metrics_listen.is_empty() {
+            return Ok(None);
+        }
+        let Ok(addr) = self.metrics_listen.parse::<SocketAddr>() else {
+            bail!("metrics_listen must be an address such as 0.0.0.0:9090, or empty for none");
+        };
+        if addr.port() != 0 && addr.port() == self.listen.port() {
+            bail!("metrics_listen must use another port than listen");
+        }
+        Ok(Some(addr))
+    }
+
     /// The database to use: the configured URL, or the embedded SQLite file.
     pub fn effective_database_url(&self) -> String {
         if self.database_url.is_empty() {
@@ -169,6 +198,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("migrate_on_start", &self.migrate_on_start)
             .field("database", &Backend::of_url(&self.effective_database_url()))
             .field("data_dir", &self.data_dir)
             .field("database_max_connections", &self.database_max_connections)
@@ -184,5 +215,45 @@ impl fmt::Debug for Config {
                 &(!self.admin_token.is_empty()).then_some("<set>"),
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// The settings there are: the keys of the built-in defaults, which name
+/// every one.
+fn known_settings() -> Vec<String> {
+    Toml::string(DEFAULTS)
+        .data()
+        .ok()
+        .and_then(|mut profiles| profiles.remove(&Profile::Default))
+        .map(|dict| dict.into_keys().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_settings_in_a_file_stop_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "metrics_listn = \"0.0.0.0:9090\"\n").unwrap();
+        let error = Config::load(Some(&file), &Overrides::default())
+            .expect_err("an unknown key is refused");
+        assert!(format!("{error:#}").contains("metrics_listn"), "{error:#}");
+    }
+
+    #[test]
+    fn every_setting_has_a_default() {
+        let known = known_settings();
+        for key in [
+            "listen",
+            "metrics_listen",
+            "migrate_on_start",
+            "admin_token",
+        ] {
+            assert!(known.iter().any(|k| k == key), "{key} has no default");
+        }
+        Config::load(None, &Overrides::default()).expect("the defaults load");
     }
 }

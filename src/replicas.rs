@@ -9,6 +9,7 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use crate::{
     catalog::{Change, ChangeListener},
     domain::ids::{KeyId, PlanId, TenantId},
+    telemetry::metrics::ChangeMetrics,
     verifier::EntitlementCache,
 };
 
@@ -65,7 +66,12 @@ impl ChangeListener for ChangeBus {
 /// Applies other replicas' changes to `cache` until the process ends,
 /// resubscribing after a lost connection (and then forgetting everything,
 /// since changes may have been missed meanwhile).
-pub async fn follow(client: redis::Client, prefix: String, cache: Arc<EntitlementCache>) {
+pub async fn follow(
+    client: redis::Client,
+    prefix: String,
+    cache: Arc<EntitlementCache>,
+    metrics: ChangeMetrics,
+) {
     let channel = channel(&prefix);
     let mut lost = false;
     loop {
@@ -74,10 +80,12 @@ pub async fn follow(client: redis::Client, prefix: String, cache: Arc<Entitlemen
                 Ok(()) => {
                     if lost {
                         cache.clear();
+                        metrics.reconnects.inc();
                         tracing::info!("following catalog changes again");
                     }
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
+                        metrics.received.inc();
                         let payload: String = message.get_payload().unwrap_or_default();
                         if let Some(change) = decode(&payload) {
                             cache.changed(change);

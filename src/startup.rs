@@ -3,6 +3,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -23,6 +24,7 @@ use crate::{
         auth::{AuthLayer, Authenticator},
         billing::BillingService,
         keys::KeysService,
+        observe::{ObserveLayer, Observer},
         pb::{
             billing_server::BillingServer, keys_server::KeysServer, plans_server::PlansServer,
             verify_server::VerifyServer,
@@ -41,17 +43,30 @@ use crate::{
     revenue::Revenue,
     store::{CredentialStore, sql::SqlStore},
     subscriptions::Subscriptions,
+    telemetry::metrics::{self, ServerMetrics, UsageMetrics},
     verifier::{EntitlementCache, Verifier},
 };
 
 /// Opens the configured database (creating the embedded data directory when
-/// needed) and applies migrations.
+/// needed), applying migrations when `migrate_on_start` says so and
+/// otherwise checking that they were applied.
 pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    let store = connect_store(config).await?;
+    if config.migrate_on_start {
+        store.migrate().await?;
+    } else {
+        store.ensure_migrated().await?;
+    }
+    Ok(store)
+}
+
+/// Opens the configured database without touching its schema.
+pub async fn connect_store(config: &Config) -> anyhow::Result<SqlStore> {
     if config.database_url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     }
-    SqlStore::open(
+    SqlStore::connect(
         &config.effective_database_url(),
         config.database_max_connections,
     )
@@ -107,6 +122,8 @@ async fn connect_redis(config: &Config) -> anyhow::Result<SharedRedis> {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The `/metrics` listener, when `metrics_listen` is set.
+    metrics_listener: Option<TcpListener>,
     store: SqlStore,
     redis: Option<SharedRedis>,
     config: Config,
@@ -127,9 +144,18 @@ impl Application {
             .await
             .with_context(|| format!("binding listen address {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_addr()? {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics_listen address {addr}"))?,
+            ),
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics_listener,
             store,
             redis,
             config,
@@ -140,20 +166,31 @@ impl Application {
         self.local_addr
     }
 
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves; then reports NOT_SERVING, refuses
     /// new calls and lets in-flight calls finish within the grace period.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        let metrics_addr = self.metrics_addr();
+        let mut registry = Registry::default();
+        let metrics = ServerMetrics::register(&mut registry, self.redis.is_some());
         let store = Arc::new(self.store.clone());
-        let cache = Arc::new(EntitlementCache::new(Duration::from_secs(
-            self.config.key_cache_seconds,
-        )));
+        let cache = Arc::new(EntitlementCache::new(
+            Duration::from_secs(self.config.key_cache_seconds),
+            metrics.cache.clone(),
+        ));
         let mut catalog = Catalog::new(store.clone()).with_listener(cache.clone());
         let mut follower = None;
         let limiter: Arc<dyn Limiter> = match self.redis {
-            None => Arc::new(LocalLimiter::new(store.clone())),
+            None => Arc::new(LocalLimiter::new(store.clone(), metrics.usage.clone())),
             Some(redis) => {
                 let prefix = self.config.redis_key_prefix.clone();
                 catalog =
@@ -162,6 +199,7 @@ impl Application {
                     redis.client,
                     prefix.clone(),
                     cache.clone(),
+                    metrics.changes.clone(),
                 )));
                 Arc::new(RedisLimiter::new(
                     redis.hot,
@@ -173,6 +211,7 @@ impl Application {
                         failure: self.config.redis_failure,
                         sweep_every: Duration::from_secs(self.config.usage_sweep_seconds),
                     },
+                    (metrics.redis.clone(), metrics.usage.clone()),
                 ))
             }
         };
@@ -185,6 +224,7 @@ impl Application {
         let flusher = tokio::spawn(flush_every(
             limiter.clone(),
             Duration::from_millis(self.config.usage_flush_millis),
+            metrics.usage.clone(),
         ));
         let auth = Authenticator::new(
             store.clone(),
@@ -231,9 +271,32 @@ impl Application {
             let _ = stopping_tx.send(true);
         };
 
-        tracing::info!(addr = %self.local_addr, config = ?self.config, "tollgate serving");
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(listener, Arc::new(registry), async {
+                let _ = metrics_stopped.await;
+            }))
+        });
+        let observer = Observer::new(
+            &[
+                FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+            metrics_server.is_some().then(|| metrics.grpc.clone()),
+            !self.config.otlp_endpoint.is_empty(),
+        );
+
+        tracing::info!(
+            addr = %self.local_addr,
+            metrics_addr = metrics_addr.map(tracing::field::display),
+            config = ?self.config,
+            "tollgate serving"
+        );
         let subscriptions = Subscriptions::new(catalog.clone(), store.clone());
         let server = Server::builder()
+            .layer(ObserveLayer::new(observer))
             .layer(AuthLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -251,7 +314,7 @@ impl Application {
                 Revenue::new(store.clone()),
             )))
             .add_service(KeysServer::new(KeysService::new(catalog)))
-            .add_service(VerifyServer::new(VerifyService::new(verifier)))
+            .add_service(VerifyServer::new(VerifyService::new(verifier, &metrics)))
             .serve_with_incoming_shutdown(incoming(self.listener), signal);
 
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
@@ -272,6 +335,11 @@ impl Application {
             tracing::error!(%error, "final usage flush failed");
         }
         self.store.close().await;
+        // Scraped to the end, so the last counts are seen.
+        let _ = metrics_stop.send(());
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -339,12 +407,18 @@ impl tonic::transport::server::Connected for Batched {
 }
 
 /// Writes admitted usage to the database every `interval`.
-async fn flush_every(limiter: Arc<dyn Limiter>, interval: Duration) {
+async fn flush_every(limiter: Arc<dyn Limiter>, interval: Duration, metrics: UsageMetrics) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(error) = limiter.flush().await {
+        let started = std::time::Instant::now();
+        let flushed = limiter.flush().await;
+        metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = flushed {
+            metrics.flush_failures.inc();
             tracing::warn!(%error, "usage flush failed; retrying at the next tick");
         }
     }

@@ -24,6 +24,7 @@ use crate::{
     },
     limiter::{Admission, Decision, Limiter, QuotaCharge, UsageKey},
     store::{CatalogStore, CreditStore},
+    telemetry::metrics::CacheMetrics,
 };
 
 /// Everything a verification needs about a secret, loaded together.
@@ -50,13 +51,15 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct EntitlementCache {
     ttl: Duration,
     entries: Mutex<HashMap<[u8; 32], Entry>>,
+    metrics: CacheMetrics,
 }
 
 impl EntitlementCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, metrics: CacheMetrics) -> Self {
         Self {
             ttl,
             entries: Mutex::default(),
+            metrics,
         }
     }
 
@@ -65,6 +68,15 @@ impl EntitlementCache {
     /// an expiry under load costs one reload rather than one per call in
     /// flight. The TTL is only the backstop: changes remove entries at once.
     fn get(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
+        let found = self.lookup(hash);
+        match found {
+            Some(_) => self.metrics.hits.inc(),
+            None => self.metrics.misses.inc(),
+        };
+        found
+    }
+
+    fn lookup(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
         let mut entries = self.entries.lock().expect("cache lock");
         let entry = entries.get_mut(hash.as_bytes())?;
         let age = entry.loaded.elapsed();

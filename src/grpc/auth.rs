@@ -11,7 +11,6 @@ use std::{
 use futures_util::future::BoxFuture;
 use tonic::Status;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::{
     domain::{
@@ -188,9 +187,10 @@ where
             };
             match auth.authorize(req.headers(), needed).await {
                 Ok(credential) => {
-                    let span =
-                        tracing::info_span!("rpc", path = %path, credential = %credential.id);
-                    inner.call(req).instrument(span).await
+                    // The call's span comes from the observe layer outside.
+                    tracing::Span::current()
+                        .record("credential", tracing::field::display(credential.id));
+                    inner.call(req).await
                 }
                 Err(error) => {
                     tracing::debug!(path = %path, error = %error, "call refused");

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod billing;
 pub mod convert;
 pub mod keys;
+pub mod observe;
 pub mod plans;
 pub mod status;
 pub mod verify;

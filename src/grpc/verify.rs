@@ -1,4 +1,5 @@
 //! `tollgate.v1.Verify`: the hot path. Denials are answers, not errors.
+use prometheus_client::metrics::counter::Counter;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -10,16 +11,29 @@ use crate::{
         Error,
         verify::{VerifyCode, VerifyInput, headers},
     },
+    telemetry::metrics::ServerMetrics,
     verifier::{Verdict, Verifier},
 };
 
 pub struct VerifyService {
     verifier: std::sync::Arc<Verifier>,
+    /// `tollgate_verify_decisions_total`, by the answer's proto code.
+    decisions: Vec<Counter>,
 }
 
 impl VerifyService {
-    pub fn new(verifier: std::sync::Arc<Verifier>) -> Self {
-        Self { verifier }
+    pub fn new(verifier: std::sync::Arc<Verifier>, metrics: &ServerMetrics) -> Self {
+        let decisions = (0..=pb::VerifyCode::InsufficientCredits as i32)
+            .map(|n| match pb::VerifyCode::try_from(n) {
+                // Never answered: a counter of its own, not shown.
+                Ok(pb::VerifyCode::Unspecified) | Err(_) => Counter::default(),
+                Ok(code) => metrics.decision(code.as_str_name()),
+            })
+            .collect();
+        Self {
+            verifier,
+            decisions,
+        }
     }
 }
 
@@ -98,6 +112,10 @@ impl verify_server::Verify for VerifyService {
         )
         .map_err(Error::InvalidArgument)?;
         let verdict = self.verifier.verify(&input).await?;
-        Ok(Response::new(verdict_to_pb(verdict)))
+        let answer = verdict_to_pb(verdict);
+        if let Some(counter) = self.decisions.get(answer.code as usize) {
+            counter.inc();
+        }
+        Ok(Response::new(answer))
     }
 }

@@ -13,6 +13,7 @@ use crate::{
         verify::{Bucket, fits, take_tokens},
     },
     store::{UsageStore, UsageTotal},
+    telemetry::metrics::UsageMetrics,
 };
 
 struct Counter {
@@ -30,13 +31,15 @@ struct State {
 pub struct LocalLimiter {
     state: Mutex<State>,
     usage: Arc<dyn UsageStore>,
+    metrics: UsageMetrics,
 }
 
 impl LocalLimiter {
-    pub fn new(usage: Arc<dyn UsageStore>) -> Self {
+    pub fn new(usage: Arc<dyn UsageStore>, metrics: UsageMetrics) -> Self {
         Self {
             state: Mutex::default(),
             usage,
+            metrics,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Limiter for LocalLimiter {
                     });
                 }
                 counter.used += a.units;
+                self.metrics.unflushed_units.inc_by(a.units);
                 Some(counter.used)
             }
         };
@@ -120,14 +124,17 @@ impl Limiter for LocalLimiter {
 
     async fn flush(&self) -> Result<usize> {
         // Snapshot the counters that moved, keyed as they are held.
-        let pending: Vec<(UsageKey, i64)> = {
+        let (pending, unflushed): (Vec<(UsageKey, i64)>, i64) = {
             let state = self.state.lock().await;
-            state
+            // Read under the lock admissions take, so it matches the totals.
+            let unflushed = self.metrics.unflushed_units.get();
+            let pending = state
                 .counters
                 .iter()
                 .filter(|(_, c)| c.used > c.flushed)
                 .map(|(k, c)| (k.clone(), c.used))
-                .collect()
+                .collect();
+            (pending, unflushed)
         };
         if !pending.is_empty() {
             let totals: Vec<UsageTotal> = pending
@@ -142,6 +149,7 @@ impl Limiter for LocalLimiter {
                 .collect();
             self.usage.upsert_usage(&totals).await?;
         }
+        self.metrics.unflushed_units.dec_by(unflushed);
         let at = now();
         let mut state = self.state.lock().await;
         for (key, used) in &pending {

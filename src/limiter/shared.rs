@@ -29,6 +29,7 @@ use crate::{
         verify::{Bucket, Period, bucket_outcome, fits, take_tokens},
     },
     store::{UsageStore, UsageTotal},
+    telemetry::metrics::{RedisMetrics, UsageMetrics},
 };
 
 /// Every tenant has one hash (`<prefix>:{<tenant>}`): its buckets as
@@ -146,6 +147,8 @@ struct Memory {
     pending: HashMap<UsageKey, i64>,
     /// Redis failed a call; Verify stays off it until a probe succeeds.
     down: bool,
+    /// Failing open since then: the part not yet added to the metric.
+    failing_open_since: Option<Instant>,
     /// Calls that failed after reaching Redis, which may have counted them.
     uncertain: u64,
 
@@ -162,6 +165,8 @@ pub struct RedisLimiter {
     memory: Mutex<Memory>,
     /// Calls in a row that were over the budget.
     slow_streak: AtomicU32,
+    metrics: RedisMetrics,
+    usage_metrics: UsageMetrics,
 }
 
 /// A failed script call; `not_run` when Redis certainly did not run it.
@@ -184,6 +189,7 @@ impl RedisLimiter {
         pool: Pool,
         usage: Arc<dyn UsageStore>,
         settings: RedisSettings,
+        (metrics, usage_metrics): (RedisMetrics, UsageMetrics),
     ) -> Self {
         Self {
             hot,
@@ -194,6 +200,8 @@ impl RedisLimiter {
             add: Script::new(ADD),
             memory: Mutex::default(),
             slow_streak: AtomicU32::new(0),
+            metrics,
+            usage_metrics,
         }
     }
 
@@ -236,9 +244,27 @@ impl RedisLimiter {
     }
 
     fn went_down(&self, error: &str) {
-        let already = std::mem::replace(&mut self.memory().down, true);
-        if !already {
+        let mut memory = self.memory();
+        if !std::mem::replace(&mut memory.down, true) {
+            if self.settings.failure == RedisFailure::Open {
+                memory.failing_open_since = Some(Instant::now());
+            }
+            drop(memory);
             tracing::warn!(error, failure = ?self.settings.failure, "Redis unavailable");
+        }
+    }
+
+    /// Adds the time failing open since it was last added; every probe
+    /// does, so the metric moves during an outage, not only after it.
+    fn count_fail_open(&self, memory: &mut Memory) {
+        if let Some(since) = memory.failing_open_since.take() {
+            let now = Instant::now();
+            self.metrics
+                .fail_open_seconds
+                .inc_by(now.duration_since(since).as_secs_f64());
+            if memory.down {
+                memory.failing_open_since = Some(now);
+            }
         }
     }
 
@@ -255,7 +281,12 @@ impl RedisLimiter {
         );
         if !up {
             self.went_down("Redis: PING failed");
-        } else if std::mem::replace(&mut self.memory().down, false) {
+        }
+        let mut memory = self.memory();
+        let back = up && std::mem::replace(&mut memory.down, false);
+        self.count_fail_open(&mut memory);
+        drop(memory);
+        if back {
             tracing::info!("Redis available again");
         }
         up
@@ -279,24 +310,29 @@ impl RedisLimiter {
             .arg(&a.bucket)
             .arg(counter.unwrap_or(""));
         let mut conn = self.hot.clone();
-        let reply: (i64, String, i64) =
-            match tokio::time::timeout(self.settings.budget, call.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    return Err(Trouble {
-                        message: format!("Redis: {e}"),
-                        not_run: e.is_connection_refusal(),
-                        slow: false,
-                    });
-                }
-                Err(_) => {
-                    return Err(Trouble {
-                        message: "Redis: over the time budget".into(),
-                        not_run: false,
-                        slow: true,
-                    });
-                }
-            };
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.settings.budget, call.invoke_async(&mut conn)).await;
+        self.metrics
+            .call_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let reply: (i64, String, i64) = match answer {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                return Err(Trouble {
+                    message: format!("Redis: {e}"),
+                    not_run: e.is_connection_refusal(),
+                    slow: false,
+                });
+            }
+            Err(_) => {
+                self.metrics.over_budget.inc();
+                return Err(Trouble {
+                    message: "Redis: over the time budget".into(),
+                    not_run: false,
+                    slow: true,
+                });
+            }
+        };
         Ok(Reply {
             outcome: reply.0,
             tokens: reply.1.parse().unwrap_or(0.0),
@@ -330,6 +366,7 @@ impl RedisLimiter {
     /// call that timed out may have been counted by Redis already, and
     /// counting it twice would bill it twice.
     fn admit_fallback(&self, a: &Admission, at: i64, count: bool) -> Admitted {
+        self.metrics.fail_open_calls.inc();
         let mut memory = self.memory();
         let (taken, bucket) =
             take_tokens(memory.fallback.get(&a.bucket).copied(), a.rate, a.units, at);
@@ -353,6 +390,7 @@ impl RedisLimiter {
                 && count
             {
                 *memory.pending.entry(q.key.clone()).or_default() += a.units;
+                self.usage_metrics.unflushed_units.inc_by(a.units);
             }
         }
         Admitted {
@@ -578,6 +616,9 @@ impl Limiter for RedisLimiter {
         let used = (reply.used >= 0).then_some(reply.used);
         if let Some(q) = &a.quota {
             let mut memory = self.memory();
+            if decision == Decision::Admitted && a.units > 0 {
+                self.usage_metrics.unflushed_units.inc_by(a.units);
+            }
             match decision {
                 // Cloned only the first time this flush interval.
                 Decision::Admitted if a.units > 0 && !memory.touched.contains(&q.key) => {
@@ -639,6 +680,9 @@ impl Limiter for RedisLimiter {
         if !self.probe().await {
             return Err(Error::Unavailable("Redis: unavailable".into()));
         }
+        // Units admitted from here on may miss this flush's reads; they
+        // stay counted as unwritten until the next one.
+        let unflushed = self.usage_metrics.unflushed_units.get();
         if !self.memory().pending.is_empty() {
             self.replay_pending().await?;
         }
@@ -654,6 +698,7 @@ impl Limiter for RedisLimiter {
                 return Err(e);
             }
         };
+        self.usage_metrics.unflushed_units.dec_by(unflushed);
         let sweep_due = {
             let mut memory = self.memory();
             let due = memory

@@ -72,11 +72,48 @@ struct Customer {
     modified_at: Option<OffsetDateTime>,
 }
 
-/// Reads a verified body: what to do with it, or why it cannot be applied.
+/// The event types Tollgate follows, as Polar names them.
+pub const FOLLOWED: [&str; 12] = [
+    "subscription.created",
+    "subscription.active",
+    "subscription.updated",
+    "subscription.canceled",
+    "subscription.uncanceled",
+    "subscription.past_due",
+    "subscription.paused",
+    "subscription.resumed",
+    "subscription.cycled",
+    "subscription.migrated",
+    "subscription.revoked",
+    "customer.updated",
+];
+
+/// An event type as a metric label: one of [`FOLLOWED`], else
+/// `subscription.other` or `other`, so labels stay few whatever is sent.
+pub fn event_type(kind: &str) -> &'static str {
+    match FOLLOWED.iter().find(|k| **k == kind) {
+        Some(k) => k,
+        None if kind.starts_with("subscription.") => "subscription.other",
+        None => "other",
+    }
+}
+
+/// Reads a verified body: its event type (as [`event_type`] labels it, or
+/// `unreadable`), and what to do with it or why it cannot be applied.
 /// `event_id` is the delivery's `webhook-id`.
-pub fn action(body: &[u8], event_id: &str) -> Result<Action, Malformed> {
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| Malformed(format!("body: {e}")))?;
+pub fn read(body: &[u8], event_id: &str) -> (&'static str, Result<Action, Malformed>) {
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => (event_type(&envelope.kind), apply(envelope, event_id)),
+        Err(e) => ("unreadable", Err(Malformed(format!("body: {e}")))),
+    }
+}
+
+#[cfg(test)]
+fn action(body: &[u8], event_id: &str) -> Result<Action, Malformed> {
+    read(body, event_id).1
+}
+
+fn apply(envelope: Envelope, event_id: &str) -> Result<Action, Malformed> {
     let kind = envelope.kind.as_str();
     if let Some(event) = kind.strip_prefix("subscription.") {
         let s: Subscription = serde_json::from_value(envelope.data)
@@ -257,6 +294,15 @@ mod tests {
             assert_eq!(status(polar), Some(ours), "{polar}");
         }
         assert_eq!(status("frozen"), None);
+    }
+
+    #[test]
+    fn event_type_labels_stay_few() {
+        assert_eq!(event_type("subscription.updated"), "subscription.updated");
+        assert_eq!(event_type("customer.updated"), "customer.updated");
+        assert_eq!(event_type("subscription.frozen"), "subscription.other");
+        assert_eq!(event_type("order.paid"), "other");
+        assert_eq!(read(b"{not json", "m").0, "unreadable");
     }
 
     #[test]

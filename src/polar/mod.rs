@@ -10,27 +10,37 @@
 //! again; 403 for a delivery that fails verification, 400 for a verified
 //! one that cannot be read.
 pub mod event;
+pub mod metrics;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use base64::Engine;
+use prometheus_client::registry::Registry;
 use standardwebhooks::Webhook;
 use tonic::{metadata::MetadataValue, transport::Channel};
+use tracing::{Instrument, field::Empty};
 
 use crate::{
     config::LogFormat,
     grpc::pb::{self, billing_client::BillingClient},
+    telemetry::propagation::send_trace,
 };
 use event::{Action, PROVIDER};
+use metrics::PolarMetrics;
 
 /// Polar's deliveries are a few KiB; anything near this is not one.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -75,6 +85,12 @@ pub struct Config {
     /// Which log lines to keep (`tracing` filter syntax).
     #[arg(long, env = "TOLLGATE_POLAR_LOG_FILTER", default_value = "info")]
     pub log_filter: String,
+    /// Address of the Prometheus endpoint (GET /metrics); none when unset.
+    #[arg(long, env = "TOLLGATE_POLAR_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317; empty: off.
+    #[arg(long, env = "TOLLGATE_POLAR_OTLP_ENDPOINT", default_value = "")]
+    pub otlp_endpoint: String,
 }
 
 /// The key the secret stands for: a `whsec_` secret's decoded bytes (with
@@ -103,12 +119,15 @@ struct App {
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     authorization: MetadataValue<tonic::metadata::Ascii>,
     deadline: Duration,
+    metrics: PolarMetrics,
 }
 
 /// The adapter, bound and ready to serve.
 pub struct Adapter {
     listener: tokio::net::TcpListener,
     router: Router,
+    /// `/metrics`, on a listener of its own when configured.
+    metrics: Option<(tokio::net::TcpListener, Registry)>,
 }
 
 impl Adapter {
@@ -124,12 +143,14 @@ impl Adapter {
             .with_context(|| format!("the server address {:?}", config.server))?
             .connect_timeout(deadline)
             .connect_lazy();
+        let mut registry = Registry::default();
         let app = Arc::new(App {
             webhook,
             billing: BillingClient::new(channel.clone()),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
             authorization,
             deadline,
+            metrics: PolarMetrics::register(&mut registry),
         });
         let router = Router::new()
             .route("/webhooks/polar", post(deliver))
@@ -140,31 +161,149 @@ impl Adapter {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { listener, router })
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some((
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?,
+                registry,
+            )),
+        };
+        Ok(Self {
+            listener,
+            router,
+            metrics,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub async fn run_until_stopped(
         self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let metrics = self.metrics.map(|(listener, registry)| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(crate::telemetry::metrics::serve(
+                listener,
+                Arc::new(registry),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(signal)
             .await
-            .context("serving")
+            .context("serving");
+        let _ = stop.send(true);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        served
     }
 }
 
-/// `POST /webhooks/polar`.
-async fn deliver(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+/// `POST /webhooks/polar`: one span, one answer, one count per delivery.
+async fn deliver(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = tracing::info_span!(
+        "delivery",
+        otel.name = "POST /webhooks/polar",
+        otel.kind = "server",
+        webhook_id = Empty,
+        event_type = Empty,
+        outcome = Empty,
+        http.response.status_code = Empty,
+    );
+    let answer = handle(&app, &headers, body).instrument(span.clone()).await;
+    span.record("event_type", answer.event_type);
+    span.record("outcome", answer.outcome);
+    span.record("http.response.status_code", answer.status.as_u16());
+    app.metrics
+        .delivery(answer.event_type, answer.outcome, answer.status.as_u16());
+    respond(answer.status, &answer.message)
+}
+
+/// `{"outcome": ...}` for a success, `{"error": ...}` otherwise.
+fn respond(status: StatusCode, message: &str) -> Response {
+    let key = if status.is_success() {
+        "outcome"
+    } else {
+        "error"
+    };
+    (status, Json(serde_json::json!({ key: message }))).into_response()
+}
+
+/// How a delivery was answered: the status, the outcome (the labels of its
+/// metric) and the message of the JSON answer.
+struct Answer {
+    status: StatusCode,
+    event_type: &'static str,
+    outcome: &'static str,
+    message: Cow<'static, str>,
+}
+
+impl Answer {
+    fn accepted(event_type: &'static str, outcome: &'static str) -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            event_type,
+            outcome,
+            message: outcome.into(),
+        }
+    }
+
+    fn refused(
+        status: StatusCode,
+        event_type: &'static str,
+        outcome: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            event_type,
+            outcome,
+            message: message.into(),
+        }
+    }
+}
+
+async fn handle(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Answer {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            tracing::warn!(reason = %rejection, "delivery refused: its body could not be read");
+            return Answer::refused(
+                rejection.status(),
+                "unread",
+                "unread",
+                rejection.body_text(),
+            );
+        }
+    };
     // Nothing is read before the signature holds; the log names neither the
     // secret nor the signature.
-    if let Err(e) = app.webhook.verify(&body, &headers) {
+    if let Err(e) = app.webhook.verify(&body, headers) {
         tracing::warn!(reason = %e, "delivery refused: it failed verification");
-        return answer(StatusCode::FORBIDDEN, "verification failed");
+        return Answer::refused(
+            StatusCode::FORBIDDEN,
+            "unverified",
+            "refused",
+            "verification failed",
+        );
     }
     // Present: verification needs it.
     let delivery = headers
@@ -172,24 +311,34 @@ async fn deliver(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let action = match event::action(&body, &delivery) {
+    tracing::Span::current().record("webhook_id", delivery.as_str());
+    let (event_type, action) = event::read(&body, &delivery);
+    let action = match action {
         Ok(action) => action,
         Err(e) => {
             tracing::warn!(%delivery, error = %e, "delivery refused: it cannot be applied");
-            return answer(StatusCode::BAD_REQUEST, &e.to_string());
+            return Answer::refused(
+                StatusCode::BAD_REQUEST,
+                event_type,
+                "invalid",
+                e.to_string(),
+            );
         }
     };
     let outcome = match action {
         Action::Ignore { kind } => {
             tracing::info!(%delivery, kind, "delivery ignored: Tollgate does not follow this event type");
-            return answer(StatusCode::ACCEPTED, "ignored");
+            return Answer::accepted(event_type, "ignored");
         }
         Action::Subscription(request) => {
             let product = request.product_id.clone();
             let subscription = request.subscription_id.clone();
             let mut billing = app.billing.clone();
             let reply = app
-                .call(billing.apply_subscription(app.request(request)))
+                .call(
+                    "ApplySubscription",
+                    billing.apply_subscription(app.request(request)),
+                )
                 .await
                 .map(|r| r.outcome);
             if matches!(reply, Ok(o) if o == pb::ApplyOutcome::Pending as i32) {
@@ -202,12 +351,18 @@ async fn deliver(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         }
         Action::Customer(request) => {
             let mut billing = app.billing.clone();
-            match app.call(billing.apply_customer(app.request(request))).await {
+            match app
+                .call(
+                    "ApplyCustomer",
+                    billing.apply_customer(app.request(request)),
+                )
+                .await
+            {
                 // A customer with no tenant yet: nothing to update, and
                 // nothing a redelivery would change.
                 Err(status) if status.code() == tonic::Code::NotFound => {
                     tracing::info!(%delivery, "customer update ignored: no tenant for this customer yet");
-                    return answer(StatusCode::ACCEPTED, "ignored");
+                    return Answer::accepted(event_type, "ignored");
                 }
                 reply => reply.map(|r| r.outcome),
             }
@@ -215,24 +370,42 @@ async fn deliver(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
     };
     match outcome {
         Ok(outcome) => {
-            let name = pb::ApplyOutcome::try_from(outcome)
-                .map_or("unknown", |o| o.as_str_name())
-                .trim_start_matches("APPLY_OUTCOME_")
-                .to_ascii_lowercase();
-            tracing::info!(%delivery, outcome = %name, "delivery applied");
-            answer(StatusCode::ACCEPTED, &name)
+            let name = outcome_name(outcome);
+            tracing::info!(%delivery, outcome = name, "delivery applied");
+            Answer::accepted(event_type, name)
         }
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
             tracing::warn!(%delivery, error = %status.message(), "delivery refused by the server");
-            answer(StatusCode::BAD_REQUEST, status.message())
+            Answer::refused(
+                StatusCode::BAD_REQUEST,
+                event_type,
+                "invalid",
+                status.message().to_owned(),
+            )
         }
         Err(status) => {
             tracing::error!(
                 %delivery, code = ?status.code(), error = %status.message(),
                 "delivery not applied: the server did not take it; Polar will redeliver"
             );
-            answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable")
+            Answer::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                event_type,
+                "unavailable",
+                "server unavailable",
+            )
         }
+    }
+}
+
+/// The server's answer as the adapter's outcome.
+fn outcome_name(outcome: i32) -> &'static str {
+    match pb::ApplyOutcome::try_from(outcome) {
+        Ok(pb::ApplyOutcome::Applied) => "applied",
+        Ok(pb::ApplyOutcome::Pending) => "pending",
+        Ok(pb::ApplyOutcome::Unchanged) => "unchanged",
+        Ok(pb::ApplyOutcome::Stale) => "stale",
+        Ok(pb::ApplyOutcome::Unspecified) | Err(_) => "unknown",
     }
 }
 
@@ -240,50 +413,50 @@ async fn deliver(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let mut health = app.health.clone();
     let check = health.check(tonic_health::pb::HealthCheckRequest::default());
-    match app.call(check).await {
+    match app.call("Check", check).await {
         Ok(r)
             if r.status
                 == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
         {
-            answer(StatusCode::OK, "ready")
+            respond(StatusCode::OK, "ready")
         }
-        _ => answer(StatusCode::SERVICE_UNAVAILABLE, "server unavailable"),
+        _ => respond(StatusCode::SERVICE_UNAVAILABLE, "server unavailable"),
     }
 }
 
 impl App {
-    /// A request with the admin token, and the deadline sent along so the
-    /// server gives up when the adapter does.
+    /// A request with the admin token, the delivery's trace context, and
+    /// the deadline sent along so the server gives up when the adapter does.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
+        send_trace(&tracing::Span::current(), request.metadata_mut());
         request.set_timeout(self.deadline);
         request
     }
 
-    /// A call bounded by the deadline, connecting included.
+    /// A call bounded by the deadline, connecting included, and timed.
     async fn call<T>(
         &self,
+        method: &'static str,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
-        match tokio::time::timeout(self.deadline, call).await {
+        let started = Instant::now();
+        let reply = match tokio::time::timeout(self.deadline, call).await {
             Ok(reply) => reply.map(tonic::Response::into_inner),
             Err(_) => Err(tonic::Status::deadline_exceeded(
                 "the server did not answer in time",
             )),
-        }
+        };
+        let code = reply
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics
+            .server_call(method, code, started.elapsed().as_secs_f64());
+        reply
     }
-}
-
-fn answer(code: StatusCode, message: &str) -> Response {
-    let key = if code.is_success() {
-        "outcome"
-    } else {
-        "error"
-    };
-    (code, Json(serde_json::json!({ key: message }))).into_response()
 }
 
 /// Runs the adapter until SIGTERM or Ctrl-C.
@@ -298,7 +471,13 @@ pub fn run() -> std::process::ExitCode {
         }
     };
     runtime.block_on(async {
-        let _guard = match crate::telemetry::init(config.log_format, &config.log_filter, "") {
+        let otlp = &config.otlp_endpoint;
+        let _guard = match crate::telemetry::init(
+            "tollgate-polar",
+            config.log_format,
+            &config.log_filter,
+            otlp,
+        ) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("tollgate-polar: {e:#}");
@@ -308,7 +487,9 @@ pub fn run() -> std::process::ExitCode {
         let started = async {
             let adapter = Adapter::build(&config).await?;
             tracing::info!(
-                addr = %adapter.local_addr()?, server = %config.server,
+                addr = %adapter.local_addr()?,
+                metrics_addr = adapter.metrics_addr().map(tracing::field::display),
+                server = %config.server,
                 "tollgate-polar listening"
             );
             adapter

@@ -121,6 +121,30 @@ impl SqlStore {
             .context("applying database migrations")
     }
 
+    /// Fails, saying what to run, unless every migration has been applied
+    /// (for servers that leave migrating to `tollgate migrate`).
+    pub async fn ensure_migrated(&self) -> anyhow::Result<()> {
+        // No table yet reads as nothing applied.
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        let pending: Vec<_> = MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .collect();
+        if let Some(first) = pending.first() {
+            anyhow::bail!(
+                "the database schema is not up to date ({} migrations pending, from {} {}): run `tollgate migrate`, or set migrate_on_start = true",
+                pending.len(),
+                first.version,
+                first.description
+            );
+        }
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

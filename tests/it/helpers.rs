@@ -391,7 +391,8 @@ impl Server {
         Self::spawn_on(cmd, global_args, &addr.to_string())
     }
 
-    fn spawn(cmd: Command, global_args: &[&str]) -> Self {
+    /// `cmd` (a [`tollgate`] command) serving on a free port.
+    pub fn spawn(cmd: Command, global_args: &[&str]) -> Self {
         Self::spawn_on(cmd, global_args, "127.0.0.1:0")
     }
 
@@ -624,4 +625,48 @@ pub fn grpcurl(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("running grpcurl")
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Whether `addr` answers `grpc.health.v1.Health/Check` with SERVING within
+/// a second, as a kubelet's gRPC probe asks.
+pub async fn serving(addr: &str) -> bool {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let check = async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .ok()?;
+        Some(answer.into_inner().status == ServingStatus::Serving as i32)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), check).await,
+        Ok(Some(true))
+    )
+}
+
+/// Waits until `addr` is SERVING; false if it is not within `within`.
+pub async fn wait_serving(addr: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if serving(addr).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }

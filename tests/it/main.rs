@@ -1,14 +1,18 @@
 //! Integration tests: the storage conformance suite (every case on PostgreSQL
 //! and SQLite), the Verify conformance suite (embedded, PostgreSQL, Redis),
-//! replicas sharing Redis, catalog rules, bad input, and end-to-end runs of
-//! the real binary with grpcurl and Python grpcio clients.
+//! replicas sharing Redis, catalog rules, bad input, end-to-end runs of the
+//! real binary with grpcurl and Python grpcio clients, and what operators
+//! rely on: the Helm chart, health checks, metrics and traces.
 mod bad_input;
 mod catalog_rules;
+mod chart;
 mod credits;
 mod e2e_grpcurl;
 mod e2e_python;
+mod health;
 mod helpers;
 mod invoices;
+mod metrics;
 mod polar;
 mod readme;
 mod replicas;
@@ -17,4 +21,5 @@ mod revenue;
 mod signup;
 mod store;
 mod subscriptions;
+mod traces;
 mod verify;

@@ -1,8 +1,8 @@
 //! The README's grpcurl walkthrough, run exactly as written against the real
 //! binary on the embedded default, so it cannot drift from the server.
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Duration};
 
-use crate::helpers::{Server, venv};
+use crate::helpers::{Server, free_port, venv, wait_serving};
 
 fn shell_blocks(readme: &str) -> Vec<String> {
     readme
@@ -23,6 +23,88 @@ fn readme_opens_with_the_two_commands() {
         .filter(|l| !l.is_empty())
         .collect();
     assert_eq!(commands, ["cargo run -- serve", "cargo test"]);
+}
+
+/// The README's first command, typed as written at the repository root: the
+/// server it starts answers a health check. Only the port and the data
+/// directory differ, through the environment, so a server of the
+/// developer's own on 50051 is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_first_command_serves() {
+    use std::os::unix::process::CommandExt;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let first = shell_blocks(&readme)[0]
+        .lines()
+        .next()
+        .and_then(|l| l.split('#').next())
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(first.starts_with("cargo run"), "{first:?}");
+    let data = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = data.path().join("output.log");
+    let mut bash = Command::new("bash");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TOLLGATE_")) {
+        bash.env_remove(key);
+    }
+    let output = std::fs::File::create(&log).unwrap();
+    let child = bash
+        .args(["-c", &first])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TOLLGATE_LISTEN", &addr)
+        .env("TOLLGATE_DATA_DIR", data.path().join("data"))
+        .stdin(std::process::Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        // A group of its own, so cargo and the server it runs stop together.
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    let group = Group(Some(child));
+    // Built already by this test run, so only a stale build waits long.
+    let up = wait_serving(&addr, Duration::from_secs(300)).await;
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(up, "`{first}` did not serve on {addr}:\n{}", logs());
+    group.terminate();
+    assert!(
+        logs().contains("tollgate serving"),
+        "the server's log is missing:\n{}",
+        logs()
+    );
+}
+
+/// A process group: sent SIGTERM by `terminate`, SIGKILL if dropped first.
+struct Group(Option<std::process::Child>);
+
+impl Group {
+    fn signal(child: &std::process::Child, signal: &str) {
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill").args([signal, "--", &group]).status();
+    }
+
+    fn terminate(mut self) {
+        let mut child = self.0.take().expect("running");
+        Self::signal(&child, "-TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            Self::signal(&child, "-KILL");
+            let _ = child.wait();
+        }
+    }
 }
 
 #[test]

@@ -1,14 +1,8 @@
 //! The Polar adapter as Polar meets it: both real binaries (the server on
 //! PostgreSQL, `tollgate-polar` in front), and deliveries signed by the
-//! reference Standard Webhooks library (tests/python/polar_deliver.py) with
-//! the UTF-8 bytes of the endpoint's secret, as Polar signs them.
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+//! reference Standard Webhooks library with the UTF-8 bytes of the
+//! endpoint's secret, as Polar signs them.
+mod adapter;
 
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -20,121 +14,9 @@ use tollgate::grpc::pb::{
 };
 use tonic::transport::Channel;
 
-use crate::helpers::{Server, TestDb, run_tollgate, spawn_listening, valid_plan, venv, with_token};
+pub use adapter::{Adapter, SECRET, deliver_to};
 
-pub const SECRET: &str = "polar_whs_8fKq2TnZ4vLx9Rb3Wc7Yd1Hs";
-
-/// A running `tollgate-polar`.
-pub struct Adapter {
-    pub addr: SocketAddr,
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Adapter {
-    pub fn start(server: &str, token: &str, secret: &str) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-polar"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("TOLLGATE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("TOLLGATE_POLAR_SERVER", format!("http://{server}"))
-            .env("TOLLGATE_POLAR_ADMIN_TOKEN", token)
-            .env("TOLLGATE_POLAR_WEBHOOK_SECRET", secret)
-            // Half the default, for a wide margin under the 2 s the
-            // deliveries must be answered in.
-            .env("TOLLGATE_POLAR_DEADLINE_MILLIS", "500")
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"]);
-        let (child, addr, logs) = spawn_listening(cmd, "tollgate-polar listening");
-        Self { addr, child, logs }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/webhooks/polar", self.addr)
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    /// Posts `body`, signed with `secret` under `id`, with `options` of
-    /// polar_deliver.py.
-    fn deliver_with(&self, secret: &str, id: &str, body: &str, options: &[&str]) -> Answer {
-        let mut child = Command::new(venv().join("bin/python"))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/polar_deliver.py"
-            ))
-            .args(["--url", &self.url(), "--secret", secret, "--id", id])
-            .args(options)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running polar_deliver.py");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "polar_deliver.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let answer: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
-        Answer {
-            status: answer["status"].as_u64().unwrap() as u16,
-            body: serde_json::from_str(answer["body"].as_str().unwrap()).unwrap_or(Value::Null),
-            seconds: answer["seconds"].as_f64().unwrap(),
-        }
-    }
-
-    fn deliver(&self, id: &str, event: &Value) -> Answer {
-        self.deliver_with(SECRET, id, &event.to_string(), &[])
-    }
-
-    /// The status of `GET path`.
-    fn get(&self, path: &str) -> u16 {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer.split(' ').nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Adapter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
-    seconds: f64,
-}
-
-impl Answer {
-    /// Expects 202 and returns the outcome it names.
-    fn accepted(&self) -> &str {
-        assert_eq!(self.status, 202, "{self:?}");
-        self.body["outcome"].as_str().unwrap()
-    }
-}
+use crate::helpers::{Server, TestDb, run_tollgate, valid_plan, with_token};
 
 /// The server on PostgreSQL with plans `free` (no `model:gpt-4o`) and `pro`
 /// mapped from Polar's `prod_free` and `prod_pro`, and the adapter.

@@ -1,5 +1,10 @@
 //! Logs and traces through `tracing`: human-readable or JSON lines on stderr,
-//! and spans exported over OTLP when an endpoint is configured.
+//! and spans exported over OTLP when an endpoint is configured; metrics in
+//! `metrics`, and the W3C trace context that links services in
+//! `propagation`.
+pub mod metrics;
+pub mod propagation;
+
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -11,6 +16,14 @@ use crate::config::LogFormat;
 /// Keeps the trace exporter alive; flushes it when dropped.
 pub struct Guard(Option<SdkTracerProvider>);
 
+impl Guard {
+    /// Whether spans are exported, so callers' trace contexts are worth
+    /// reading and passing on.
+    pub fn exports_traces(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(provider) = self.0.take() {
@@ -19,7 +32,13 @@ impl Drop for Guard {
     }
 }
 
-pub fn init(format: LogFormat, filter: &str, otlp_endpoint: &str) -> anyhow::Result<Guard> {
+/// Installs the global subscriber; `service` names the process in traces.
+pub fn init(
+    service: &'static str,
+    format: LogFormat,
+    filter: &str,
+    otlp_endpoint: &str,
+) -> anyhow::Result<Guard> {
     let filter = EnvFilter::try_new(filter).context("log_filter is not a valid filter")?;
     let fmt = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
@@ -43,7 +62,7 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: &str) -> anyhow::Res
                 .with_batch_exporter(exporter)
                 .with_resource(
                     opentelemetry_sdk::Resource::builder()
-                        .with_service_name("tollgate")
+                        .with_service_name(service)
                         .build(),
                 )
                 .build(),
@@ -51,7 +70,7 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: &str) -> anyhow::Res
     };
     let otel = provider
         .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tollgate")));
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)

@@ -1,0 +1,140 @@
+//! The real `tollgate-polar` binary for tests, and deliveries to it signed
+//! by the reference Standard Webhooks library (tests/python/polar_deliver.py)
+//! with the UTF-8 bytes of the endpoint's secret, as Polar signs them.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::helpers::{spawn_listening, venv};
+
+pub const SECRET: &str = "polar_whs_8fKq2TnZ4vLx9Rb3Wc7Yd1Hs";
+
+/// A running `tollgate-polar`.
+pub struct Adapter {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Adapter {
+    pub fn start(server: &str, token: &str, secret: &str) -> Self {
+        Self::start_env(server, token, secret, &[])
+    }
+
+    /// The same with more `TOLLGATE_POLAR_*` settings in its environment.
+    pub fn start_env(server: &str, token: &str, secret: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-polar"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TOLLGATE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("TOLLGATE_POLAR_SERVER", format!("http://{server}"))
+            .env("TOLLGATE_POLAR_ADMIN_TOKEN", token)
+            .env("TOLLGATE_POLAR_WEBHOOK_SECRET", secret)
+            // Half the default, for a wide margin under the 2 s the
+            // deliveries must be answered in.
+            .env("TOLLGATE_POLAR_DEADLINE_MILLIS", "500")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"]);
+        let (child, addr, logs) = spawn_listening(cmd, "tollgate-polar listening");
+        Self { addr, child, logs }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/webhooks/polar", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Posts `body`, signed with `secret` under `id`, with `options` of
+    /// polar_deliver.py.
+    pub fn deliver_with(&self, secret: &str, id: &str, body: &str, options: &[&str]) -> Answer {
+        deliver_to(&self.url(), secret, id, body, options)
+    }
+
+    pub fn deliver(&self, id: &str, event: &Value) -> Answer {
+        self.deliver_with(SECRET, id, &event.to_string(), &[])
+    }
+
+    /// The status of `GET path`.
+    pub fn get(&self, path: &str) -> u16 {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub seconds: f64,
+}
+
+impl Answer {
+    /// Expects 202 and returns the outcome it names.
+    pub fn accepted(&self) -> &str {
+        assert_eq!(self.status, 202, "{self:?}");
+        self.body["outcome"].as_str().unwrap()
+    }
+}
+
+/// Posts `body` to `url`, signed with `secret` under `id`, with `options` of
+/// polar_deliver.py.
+pub fn deliver_to(url: &str, secret: &str, id: &str, body: &str, options: &[&str]) -> Answer {
+    let mut child = Command::new(venv().join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/polar_deliver.py"
+        ))
+        .args(["--url", url, "--secret", secret, "--id", id])
+        .args(options)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running polar_deliver.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "polar_deliver.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    Answer {
+        status: answer["status"].as_u64().unwrap() as u16,
+        body: serde_json::from_str(answer["body"].as_str().unwrap()).unwrap_or(Value::Null),
+        seconds: answer["seconds"].as_f64().unwrap(),
+    }
+}
