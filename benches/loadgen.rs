@@ -2,7 +2,10 @@
 //! (health Check, served by the same server), Verify allowed on a cached
 //! key, and Verify denied on a spent quota; throughput, p50 and p99 of each
 //! and their ratios to the no-op, at full load and at half the no-op's peak
-//! rate; and the Redis commands each allowed Verify costs.
+//! rate; the Redis commands each allowed Verify costs; and the cost of
+//! metrics: allowed Verify on two fresh servers alike but for `/metrics`,
+//! in rounds alternating between them (off, on, on, off, ...), so drift and
+//! order hit both alike.
 //!
 //!     cargo bench --bench loadgen -- [--seconds 5] [--connections 4] [--in-flight 32]
 //!         [--database-url postgres://postgres@127.0.0.1:5432] [--redis-url redis://127.0.0.1:6379]
@@ -84,6 +87,8 @@ fn options() -> Options {
 struct Target {
     child: Child,
     addr: String,
+    /// Where `/metrics` is served, when it is.
+    metrics_addr: Option<String>,
     admin_url: String,
     db: String,
 }
@@ -113,7 +118,15 @@ impl Drop for Target {
     }
 }
 
-async fn start(o: &Options, token: &str, prefix: &str) -> Target {
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+async fn start(o: &Options, token: &str, prefix: &str, metrics: bool) -> Target {
     let db = format!("tollgate_bench_{}", uuid::Uuid::now_v7().simple());
     let admin_url = format!("{}/postgres", o.database_url);
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
@@ -122,12 +135,13 @@ async fn start(o: &Options, token: &str, prefix: &str) -> Target {
     sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {db}").as_str())
         .await
         .expect("creating the bench database");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("loadgen-server.log");
+    let addr = free_addr();
+    let metrics_addr = metrics.then(free_addr);
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(if metrics {
+        "loadgen-server-metrics.log"
+    } else {
+        "loadgen-server.log"
+    });
     println!("server log: {}", log.display());
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["--database-url", &format!("{}/{db}", o.database_url)])
@@ -135,6 +149,10 @@ async fn start(o: &Options, token: &str, prefix: &str) -> Target {
         .env("TOLLGATE_ADMIN_TOKEN", token)
         .env("TOLLGATE_REDIS_KEY_PREFIX", prefix)
         .env("TOLLGATE_LOG_FILTER", "warn")
+        .env(
+            "TOLLGATE_METRICS_LISTEN",
+            metrics_addr.clone().unwrap_or_default(),
+        )
         .env(
             "TOLLGATE_WORKER_THREADS",
             std::env::var("LOADGEN_SERVER_THREADS").unwrap_or_default(),
@@ -146,6 +164,7 @@ async fn start(o: &Options, token: &str, prefix: &str) -> Target {
     let target = Target {
         child,
         addr,
+        metrics_addr,
         admin_url,
         db,
     };
@@ -522,12 +541,14 @@ async fn measured(pids: [u32; 3], phase: impl std::future::Future<Output = Figur
     f
 }
 
-#[tokio::main]
-async fn main() {
-    let o = options();
-    let token = format!("bench-admin-{}", uuid::Uuid::now_v7().simple());
-    let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
-    let target = start(&o, &token, &prefix).await;
+/// A server's connections and its allowed and denied keys.
+struct Prepared {
+    channels: Vec<Channel>,
+    allow: Call,
+    denied: String,
+}
+
+async fn prepare(o: &Options, target: &Target, token: &str) -> Prepared {
     let mut channels = Vec::new();
     for _ in 0..o.connections {
         channels.push(
@@ -538,14 +559,53 @@ async fn main() {
                 .unwrap(),
         );
     }
-    let allowed = tenant_key(&channels[0], &token, "bench-allowed", 1_000, 2).await;
-    let denied = tenant_key(&channels[0], &token, "bench-denied", 1, 1).await;
-    let noop = Call::Noop;
+    let allowed = tenant_key(&channels[0], token, "bench-allowed", 1_000, 2).await;
+    let denied = tenant_key(&channels[0], token, "bench-denied", 1, 1).await;
     let allow = Call::Verify {
         secret: allowed,
         expect: VerifyCode::Valid,
         whole: o.full_decode,
     };
+    for c in &channels {
+        for _ in 0..100 {
+            one(&allow, c, token).await;
+        }
+    }
+    Prepared {
+        channels,
+        allow,
+        denied,
+    }
+}
+
+/// The value of the sample `series` (name and labels as written) in the
+/// server's `/metrics`.
+fn scrape_value(addr: &str, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    let token = format!("bench-admin-{}", uuid::Uuid::now_v7().simple());
+    let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let target = start(&o, &token, &prefix, false).await;
+    let Prepared {
+        channels,
+        allow,
+        denied,
+    } = prepare(&o, &target, &token).await;
+    let noop = Call::Noop;
     // Spend the denied tenant's one unit; every call after is over the cap.
     one(
         &Call::Verify {
@@ -640,5 +700,64 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+
+    // The cost of metrics: the same calls on two fresh servers alike but
+    // for /metrics, alternating.
     drop(target);
+    let plain = start(&o, &token, &format!("{prefix}-off"), false).await;
+    let metered = start(&o, &token, &format!("{prefix}-on"), true).await;
+    let sides = [
+        (
+            "metrics off",
+            prepare(&o, &plain, &token).await,
+            plain.child.id(),
+        ),
+        (
+            "metrics on",
+            prepare(&o, &metered, &token).await,
+            metered.child.id(),
+        ),
+    ];
+    println!(
+        "\nmetrics off and on: allowed Verify at full load on two fresh servers, {} phases alternating off, on, on, off, ...",
+        2 * ROUNDS
+    );
+    // Calls, seconds and server CPU µs, off then on.
+    let mut totals = [(0usize, 0.0f64, 0.0f64); 2];
+    for phase in 0..2 * ROUNDS {
+        let i = (phase + phase / 2) % 2;
+        let (name, side, pid) = &sides[i];
+        let f = measured(
+            [*pid, pids[1], pids[2]],
+            closed_loop(&side.allow, &side.channels, &token, &o),
+        )
+        .await;
+        line(name, &f, &noop_full);
+        totals[i].0 += f.calls;
+        totals[i].1 += f.calls as f64 / f.per_second;
+        totals[i].2 += f.cpu[0] * f.calls as f64;
+    }
+    let rate = |(calls, seconds, _): (usize, f64, f64)| calls as f64 / seconds;
+    let cpu = |(calls, _, cpu): (usize, f64, f64)| cpu / calls as f64;
+    println!(
+        "metrics on / off: throughput {:.1}% ({:.0}/s vs {:.0}/s), server cpu per call {:.1} vs {:.1} µs",
+        100.0 * rate(totals[1]) / rate(totals[0]),
+        rate(totals[1]),
+        rate(totals[0]),
+        cpu(totals[1]),
+        cpu(totals[0]),
+    );
+    let addr = metered.metrics_addr.as_deref().expect("metrics on");
+    println!(
+        "  the metered server counted {} VALID decisions (tollgate_verify_decisions_total) and {} Verify calls answered OK (grpc_server_handled_total)",
+        scrape_value(addr, "tollgate_verify_decisions_total{code=\"VALID\"}").unwrap_or(-1.0),
+        scrape_value(
+            addr,
+            "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"tollgate.v1.Verify\",grpc_method=\"Verify\",grpc_code=\"OK\"}"
+        )
+        .unwrap_or(-1.0),
+    );
 }
+
+/// Rounds of the metrics comparison, each a phase on either server.
+const ROUNDS: usize = 3;

@@ -317,14 +317,16 @@ impl RedisLimiter {
             .observe(started.elapsed().as_secs_f64());
         let reply: (i64, String, i64) = match answer {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
+            Ok(Err(e)) if !e.is_timeout() => {
                 return Err(Trouble {
                     message: format!("Redis: {e}"),
                     not_run: e.is_connection_refusal(),
                     slow: false,
                 });
             }
-            Err(_) => {
+            // Our budget, or the connection's own response timeout (the
+            // same budget): a slow answer, not a lost connection.
+            _ => {
                 self.metrics.over_budget.inc();
                 return Err(Trouble {
                     message: "Redis: over the time budget".into(),

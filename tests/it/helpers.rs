@@ -530,6 +530,18 @@ impl TestRedis {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) a private server: connections
+    /// stay open and calls hang, as with a Redis stuck on a slow command.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.own.as_ref().expect("a private redis-server");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Starts a stopped private server again, empty, on the same port.
     pub fn restart(&mut self) {
         let port = self.url.rsplit(':').next().expect("port").to_owned();

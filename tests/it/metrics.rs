@@ -472,3 +472,90 @@ async fn embedded_usage_is_unwritten_until_flushed() {
     }
     server.stop();
 }
+
+/// A Redis that hangs, then goes away: the calls over the budget, the calls
+/// decided on the fallback and the time spent failing open are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_trouble_is_counted() {
+    let db = TestDb::postgres().await;
+    let mut redis = TestRedis::own();
+    let admin = run_tollgate(&db, &["admin", "bootstrap"]).trim().to_owned();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_env(
+        &["--database-url", db.url()],
+        &[
+            ("TOLLGATE_REDIS_URL", redis.url.clone()),
+            ("TOLLGATE_REDIS_TIMEOUT_MILLIS", "100".into()),
+            ("TOLLGATE_METRICS_LISTEN", metrics_addr.clone()),
+            ("TOLLGATE_USAGE_FLUSH_MILLIS", "200".into()),
+        ],
+    );
+    let channel = Channel::from_shared(format!("http://{}", server.target()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (secret, _, _) = setup_on(channel.clone(), &admin, 6000, 100, 1000, 2).await;
+    assert_eq!(
+        verify_code(&channel, &admin, call(&secret, None, &[])).await,
+        VerifyCode::Valid
+    );
+    let scrape = Scrape::fetch(&metrics_addr);
+    assert_eq!(
+        scrape.value("tollgate_limiter_fail_open_calls_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        scrape.value("tollgate_limiter_redis_over_budget_total", &[]),
+        0.0
+    );
+
+    // Frozen: the next call waits out the budget, then is admitted on the
+    // fallback; so is every call until Redis answers again.
+    redis.freeze(true);
+    for _ in 0..5 {
+        assert_eq!(
+            verify_code(&channel, &admin, call(&secret, None, &[])).await,
+            VerifyCode::Valid
+        );
+    }
+    let frozen = Scrape::fetch(&metrics_addr);
+    assert_eq!(
+        frozen.value("tollgate_limiter_fail_open_calls_total", &[]),
+        5.0
+    );
+    assert!(frozen.value("tollgate_limiter_redis_over_budget_total", &[]) >= 1.0);
+    // Time failing open grows while it lasts, at every probe.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Scrape::fetch(&metrics_addr).value("tollgate_limiter_fail_open_seconds_total", &[]) < 0.5
+    {
+        assert!(Instant::now() < deadline, "failing open was not timed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.freeze(false);
+    redis.stop();
+    redis.restart();
+    // Back on Redis: calls are decided there again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = Scrape::fetch(&metrics_addr);
+        verify_code(&channel, &admin, call(&secret, None, &[])).await;
+        let after = Scrape::fetch(&metrics_addr);
+        if after.value("tollgate_limiter_fail_open_calls_total", &[])
+            == before.value("tollgate_limiter_fail_open_calls_total", &[])
+        {
+            let seconds = after.value("tollgate_limiter_fail_open_seconds_total", &[]);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let later = Scrape::fetch(&metrics_addr);
+            assert_eq!(
+                later.value("tollgate_limiter_fail_open_seconds_total", &[]),
+                seconds,
+                "no longer failing open"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back on Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
+}

@@ -231,3 +231,62 @@ async fn readme_polar_delivery_runs_as_written() {
         "{refused:?}"
     );
 }
+
+/// The README's `helm install` commands, with their `--set` values read by
+/// Helm's own parser: the chart takes them, and the Secrets they name are
+/// the ones the README creates.
+#[test]
+fn readme_helm_installs_render() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut installs = 0;
+    for block in shell_blocks(&readme) {
+        let block = block.replace("\\\n", " ");
+        let created: Vec<(String, String)> = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("kubectl create secret generic "))
+            .map(|rest| {
+                let mut words = rest.split_whitespace();
+                let name = words.next().unwrap().to_owned();
+                let key = words
+                    .find_map(|w| w.strip_prefix("--from-literal="))
+                    .and_then(|kv| kv.split_once('='))
+                    .unwrap()
+                    .0
+                    .to_owned();
+                (name, key)
+            })
+            .collect();
+        for install in block.lines().filter(|l| l.starts_with("helm install ")) {
+            installs += 1;
+            let words: Vec<&str> = install.split_whitespace().collect();
+            let sets: Vec<&str> = words
+                .windows(2)
+                .filter(|w| w[0] == "--set")
+                .map(|w| w[1])
+                .collect();
+            let manifests =
+                crate::chart::render_sets(&sets).unwrap_or_else(|e| panic!("{install}\n{e}"));
+            let server = manifests
+                .iter()
+                .find(|m| m["kind"] == "Deployment")
+                .expect("a Deployment");
+            let env = server["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap();
+            for e in env {
+                if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
+                    let (name, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+                    let made_by_chart = manifests
+                        .iter()
+                        .any(|m| m["kind"] == "Secret" && m["metadata"]["name"] == name);
+                    assert!(
+                        made_by_chart || created.contains(&(name.to_owned(), key.to_owned())),
+                        "{install}: the pods read Secret {name} key {key}, which nothing makes"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(installs, 2, "the embedded and the production install");
+}

@@ -6,6 +6,9 @@ real Helm library (helm-python-sdk, libhelm v4) and kubernetes-validate.
                       [--name tollgate] [--namespace default]
     chart.py validate --values-json '{...}' [same options]
 
+render and validate also take `--set a.b=c` (repeated), read by Helm's own
+--set parser and merged over --values-json, as `helm install --set` does.
+
 Each prints one JSON object on stdout:
     lint     {"messages": [{"severity", "path", "error"}], "errors": [...]}
     render   {"manifests": [{...}, ...]}: every YAML document of every
@@ -101,6 +104,15 @@ def validate(manifest: dict) -> dict:
     return {**result, "ok": True}
 
 
+def merge(into: dict, values: dict) -> None:
+    """Merges `values` into `into`, maps key by key (as Helm merges --set)."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +123,7 @@ def main() -> int:
         p.add_argument("--api-versions", action="append", default=[])
         p.add_argument("--name", default="tollgate")
         p.add_argument("--namespace", default="default")
+        p.add_argument("--set", action="append", default=[], dest="sets")
     args = parser.parse_args()
 
     if args.command == "lint":
@@ -119,7 +132,10 @@ def main() -> int:
         return 0
 
     try:
-        manifests = render(json.loads(args.values_json), args.api_versions, args.name, args.namespace)
+        values = json.loads(args.values_json)
+        for expression in args.sets:
+            merge(values, helm.parse_set_string(expression))
+        manifests = render(values, args.api_versions, args.name, args.namespace)
     except helm.HelmError as e:
         print(json.dumps({"error": str(e)}))
         return 1

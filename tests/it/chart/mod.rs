@@ -60,6 +60,23 @@ pub fn render(values: Value, api_versions: &[&str]) -> Result<Vec<Value>, String
     }
 }
 
+/// The manifests of `helm install` with these `--set` expressions, each
+/// strictly valid against Kubernetes 1.37; Err: Helm's message.
+pub fn render_sets(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec!["validate"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let (ok, printed) = chart_py(&args);
+    if let Some(error) = printed["error"].as_str() {
+        return Err(error.to_owned());
+    }
+    assert!(ok, "invalid manifests for {sets:?}:\n{printed:#}");
+    args[0] = "render";
+    let (_, printed) = chart_py(&args);
+    Ok(serde_json::from_value(printed["manifests"].clone()).expect("a list"))
+}
+
 /// Renders, after checking every manifest strictly against Kubernetes 1.37.
 fn render_valid(values: Value, api_versions: &[&str]) -> Vec<Value> {
     let (ok, printed) = chart_py_values("validate", &values, api_versions);
