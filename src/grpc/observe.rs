@@ -231,16 +231,11 @@ impl Call {
             };
             method.handled[number.min(CODES - 1)]
                 .get_or_init(|| {
-                    let l = labels();
-                    metrics
-                        .handled
-                        .get_or_create(&HandledLabels {
-                            grpc_type: l.grpc_type,
-                            grpc_service: l.grpc_service,
-                            grpc_method: l.grpc_method,
-                            grpc_code: grpc_code_name(code),
-                        })
-                        .clone()
+                    let handled = HandledLabels {
+                        method: labels(),
+                        grpc_code: grpc_code_name(code),
+                    };
+                    metrics.handled.get_or_create(&handled).clone()
                 })
                 .inc();
             method

@@ -89,18 +89,17 @@ pub async fn serve(
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandledLabels {
-    pub grpc_type: &'static str,
-    pub grpc_service: Arc<str>,
-    pub grpc_method: Arc<str>,
-    pub grpc_code: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub grpc_type: &'static str,
     pub grpc_service: Arc<str>,
     pub grpc_method: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandledLabels {
+    #[prometheus(flatten)]
+    pub method: MethodLabels,
+    pub grpc_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

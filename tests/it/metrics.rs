@@ -6,7 +6,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -18,8 +17,8 @@ use tollgate::grpc::pb::{
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{Server, TestDb, TestRedis, free_port, run_tollgate, venv, with_token},
-    polar::{Adapter, SECRET},
+    helpers::{Server, TestDb, TestRedis, free_port, python_script, run_tollgate, with_token},
+    polar::{Adapter, SECRET, unknown_customer_update},
     verify::{call, setup_on},
 };
 
@@ -56,23 +55,7 @@ impl Scrape {
     }
 
     fn parse(text: &str) -> Self {
-        let mut child = Command::new(venv().join("bin/python"))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/metrics_parse.py"
-            ))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running metrics_parse.py");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = python_script("metrics_parse.py", &[], text.as_bytes());
         assert!(
             out.status.success(),
             "{}\n{text}",
@@ -204,11 +187,7 @@ async fn counters_move_by_exactly_the_calls_made() {
             ("TOLLGATE_USAGE_FLUSH_MILLIS", "600000".into()),
         ],
     );
-    let channel = Channel::from_shared(format!("http://{}", server.target()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let before = Scrape::fetch(&metrics_addr);
     // A hard cap of 4, and a bucket of 2 that refills once a minute.
     let (capped, _, tenant) = setup_on(channel.clone(), &admin, 6000, 100, 4, 1).await;
@@ -377,10 +356,7 @@ async fn counters_move_by_exactly_the_calls_made() {
         SECRET,
         &[("TOLLGATE_POLAR_METRICS_LISTEN", adapter_metrics.clone())],
     );
-    let customer = json!({"type": "customer.updated", "timestamp": "2026-11-02T00:00:00Z",
-        "data": {"id": "pc_unknown", "created_at": "2026-11-01T00:00:00Z",
-                 "modified_at": "2026-11-02T00:00:00Z", "external_id": null,
-                 "email": "a@b.test", "name": "A"}});
+    let customer = unknown_customer_update("pc_unknown");
     assert_eq!(adapter.deliver("msg_m1", &customer).accepted(), "ignored");
     let order =
         json!({"type": "order.paid", "timestamp": "2026-11-02T00:00:00Z", "data": {"id": 1}});
@@ -438,11 +414,7 @@ async fn embedded_usage_is_unwritten_until_flushed() {
         .env("TOLLGATE_ADMIN_TOKEN", &token)
         .env("TOLLGATE_USAGE_FLUSH_MILLIS", "200");
     let server = Server::spawn(cmd, &[]);
-    let channel = Channel::from_shared(format!("http://{}", server.target()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let (secret, _, _) = setup_on(channel.clone(), &token, 6000, 100, 1000, 2).await;
     for _ in 0..3 {
         assert_eq!(
@@ -490,11 +462,7 @@ async fn redis_trouble_is_counted() {
             ("TOLLGATE_USAGE_FLUSH_MILLIS", "200".into()),
         ],
     );
-    let channel = Channel::from_shared(format!("http://{}", server.target()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let (secret, _, _) = setup_on(channel.clone(), &admin, 6000, 100, 1000, 2).await;
     assert_eq!(
         verify_code(&channel, &admin, call(&secret, None, &[])).await,

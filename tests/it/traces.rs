@@ -16,13 +16,12 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value},
     trace::v1::{Span, span::SpanKind},
 };
-use serde_json::json;
 use tollgate::grpc::pb::{VerifyCode, verify_client::VerifyClient};
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 use crate::{
     helpers::{Server, tollgate, with_token},
-    polar::{Adapter, SECRET},
+    polar::{Adapter, SECRET, unknown_customer_update},
     verify::{call, setup_on},
 };
 
@@ -141,11 +140,7 @@ async fn a_trace_continues_through_the_adapter_and_the_server() {
         .env("TOLLGATE_OTLP_ENDPOINT", &endpoint)
         .envs([quick_export()]);
     let server = Server::spawn(cmd, &[]);
-    let channel = Channel::from_shared(format!("http://{}", server.target()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let (secret, _, _) = setup_on(channel.clone(), &admin, 6000, 100, 1000, 2).await;
 
     // A gateway's call, inside a trace of its own.
@@ -200,10 +195,7 @@ async fn a_trace_continues_through_the_adapter_and_the_server() {
             quick_export(),
         ],
     );
-    let customer = json!({"type": "customer.updated", "timestamp": "2026-11-02T00:00:00Z",
-        "data": {"id": "pc_traced", "created_at": "2026-11-01T00:00:00Z",
-                 "modified_at": "2026-11-02T00:00:00Z", "external_id": null,
-                 "email": "a@b.test", "name": "A"}});
+    let customer = unknown_customer_update("pc_traced");
     assert_eq!(adapter.deliver("msg_t1", &customer).accepted(), "ignored");
     let delivery = receiver
         .find("for the delivery", |r| {

@@ -20,7 +20,7 @@ use super::*;
 use crate::{
     helpers::{TestDb, TestRedis, free_port, serving},
     metrics::Scrape,
-    polar::{SECRET, deliver_to},
+    polar::{SECRET, deliver_to, unknown_customer_update},
 };
 
 /// Where the rendered pods' files live: the container's `/` under a
@@ -426,10 +426,7 @@ async fn production_pods_run_as_rendered() {
     }
     // A delivery reaches the server with the admin token the chart made.
     let url = format!("http://127.0.0.1:{}/webhooks/polar", port(polar, "http"));
-    let customer = json!({"type": "customer.updated", "timestamp": "2026-11-02T00:00:00Z",
-        "data": {"id": "pc_contract", "created_at": "2026-11-01T00:00:00Z",
-                 "modified_at": "2026-11-02T00:00:00Z", "external_id": null,
-                 "email": "a@b.test", "name": "A"}});
+    let customer = unknown_customer_update("pc_contract");
     let answer = deliver_to(&url, SECRET, "msg_contract", &customer.to_string(), &[]);
     assert_eq!(answer.accepted(), "ignored", "{}", proxy.logs());
     let scrape = Scrape::fetch(&format!("127.0.0.1:{}", port(polar, "metrics")));

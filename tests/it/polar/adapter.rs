@@ -4,14 +4,14 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::Value;
 
-use crate::helpers::{spawn_listening, venv};
+use crate::helpers::{python_script, spawn_listening};
 
 pub const SECRET: &str = "polar_whs_8fKq2TnZ4vLx9Rb3Wc7Yd1Hs";
 
@@ -107,25 +107,9 @@ impl Answer {
 /// Posts `body` to `url`, signed with `secret` under `id`, with `options` of
 /// polar_deliver.py.
 pub fn deliver_to(url: &str, secret: &str, id: &str, body: &str, options: &[&str]) -> Answer {
-    let mut child = Command::new(venv().join("bin/python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/polar_deliver.py"
-        ))
-        .args(["--url", url, "--secret", secret, "--id", id])
-        .args(options)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running polar_deliver.py");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut args = vec!["--url", url, "--secret", secret, "--id", id];
+    args.extend(options);
+    let out = python_script("polar_deliver.py", &args, body.as_bytes());
     assert!(
         out.status.success(),
         "polar_deliver.py failed: {}",
@@ -137,4 +121,14 @@ pub fn deliver_to(url: &str, secret: &str, id: &str, body: &str, options: &[&str
         body: serde_json::from_str(answer["body"].as_str().unwrap()).unwrap_or(Value::Null),
         seconds: answer["seconds"].as_f64().unwrap(),
     }
+}
+
+/// A `customer.updated` event for a Polar customer no tenant was made for:
+/// the adapter calls `ApplyCustomer`, which answers `NOT_FOUND`, and answers
+/// 202 `ignored`.
+pub fn unknown_customer_update(customer_id: &str) -> Value {
+    serde_json::json!({"type": "customer.updated", "timestamp": "2026-11-02T00:00:00Z",
+        "data": {"id": customer_id, "created_at": "2026-11-01T00:00:00Z",
+                 "modified_at": "2026-11-02T00:00:00Z", "external_id": null,
+                 "email": "a@b.test", "name": "A"}})
 }

@@ -14,7 +14,7 @@ use tollgate::grpc::pb::{
 };
 use tonic::transport::Channel;
 
-pub use adapter::{Adapter, SECRET, deliver_to};
+pub use adapter::{Adapter, SECRET, deliver_to, unknown_customer_update};
 
 use crate::helpers::{Server, TestDb, run_tollgate, valid_plan, with_token};
 

@@ -15,7 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 use deadpool_redis::Pool;
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{Script, aio::ConnectionManager};
 
 use super::{Admission, Admitted, Decision, Limiter, UsageKey};
 use crate::{
@@ -28,101 +28,14 @@ use crate::{
         to_micros,
         verify::{Bucket, Period, bucket_outcome, fits, take_tokens},
     },
-    store::{UsageStore, UsageTotal},
+    store::UsageStore,
     telemetry::metrics::{RedisMetrics, UsageMetrics},
 };
 
-/// Every tenant has one hash (`<prefix>:{<tenant>}`): its buckets as
-/// `<bucket>:t` (tokens) and `<bucket>:a` (as of, µs), its quota counters
-/// as `q:<start µs>:<end µs>:<resource>`, and `e`, when its expiry is next
-/// pushed back. One hash makes a call two commands inside the script (read
-/// everything, write everything) instead of one per field.
-///
-/// ARGV: now µs, requests per minute, burst, units, hard cap (-1: none), the
-/// durable total to restore a missing counter from (-1: not known yet), the
-/// bucket, the counter field ('' when no quota is charged). Returns
-/// {outcome, tokens, used}: outcome 0 admitted, 1 rate limited, 2 over the
-/// cap, 3 counter missing (call again with the durable total).
-const ADMIT: &str = r"
-local now = tonumber(ARGV[1])
-local burst = tonumber(ARGV[3])
-local units = tonumber(ARGV[4])
-local cap = tonumber(ARGV[5])
-local bt = ARGV[7] .. ':t'
-local ba = ARGV[7] .. ':a'
-local qf = ARGV[8]
-local v
-if qf == '' then
-  v = redis.call('HMGET', KEYS[1], bt, ba, 'e')
-else
-  v = redis.call('HMGET', KEYS[1], bt, ba, 'e', qf)
-end
-local used = -1
-local seeded = false
-if qf ~= '' then
-  if v[4] then
-    used = tonumber(v[4])
-  else
-    used = tonumber(ARGV[6])
-    if used < 0 then
-      return {3, '0', -1}
-    end
-    seeded = true
-  end
-end
-local per_micro = tonumber(ARGV[2]) / 60000000
-local tokens = burst
-if v[1] then
-  tokens = math.min(burst, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * per_micro)
-end
-local need = math.max(units, 1)
-local outcome = 0
-if tokens < need then
-  outcome = 1
-elseif used >= 0 and cap >= 0 and used + need > cap then
-  outcome = 2
-end
-local set = {}
-if outcome == 0 and units > 0 then
-  tokens = tokens - units
-  set = {bt, tostring(tokens), ba, ARGV[1]}
-  if used >= 0 then
-    used = used + units
-    table.insert(set, qf)
-    table.insert(set, used)
-  end
-elseif seeded then
-  set = {qf, used}
-end
-if #set > 0 then
-  -- A hash in use lives on; an idle one goes after a day (its counters
-  -- were written to the database long before).
-  if not v[3] or now > tonumber(v[3]) then
-    table.insert(set, 'e')
-    table.insert(set, now + 3600000000)
-    redis.call('PEXPIRE', KEYS[1], 86400000)
-  end
-  redis.call('HSET', KEYS[1], unpack(set))
-end
-return {outcome, tostring(tokens), used}
-";
+mod durable;
+mod scripts;
 
-/// Adds usage admitted while Redis was away. KEYS[1]: the tenant's hash;
-/// ARGV: counter field, units, durable total (-1: not known yet). Returns
-/// the new total, or -1 when the counter is missing and the durable total
-/// is needed.
-const ADD: &str = r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-end
-local seed = tonumber(ARGV[3])
-if seed < 0 then
-  return -1
-end
-redis.call('HSET', KEYS[1], ARGV[1], seed + tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], 86400000)
-return seed + tonumber(ARGV[2])
-";
+use scripts::{ADD, ADMIT};
 
 /// Calls in a row over the budget that count as Redis being down.
 const SLOW_STREAK_DOWN: u32 = 8;
@@ -410,138 +323,6 @@ impl RedisLimiter {
                 }
             }),
         }
-    }
-
-    /// Usage admitted while Redis was away, added to its counters.
-    async fn replay_pending(&self) -> Result<()> {
-        // The connection first: taking the pending units and then failing to
-        // reach Redis would drop them.
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let pending: Vec<(UsageKey, i64)> = self.memory().pending.drain().collect();
-        let mut failed = Vec::new();
-        for (key, units) in pending {
-            match self.add_units(&mut conn, &key, units).await {
-                Ok(()) => {
-                    self.memory().touched.insert(key);
-                }
-                Err(_) => failed.push((key, units)),
-            }
-        }
-        if !failed.is_empty() {
-            let mut memory = self.memory();
-            for (key, units) in failed {
-                *memory.pending.entry(key).or_default() += units;
-            }
-            return Err(Error::Unavailable(
-                "Redis: usage admitted while it was away not yet added".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Adds `units` to a counter, restoring it from its durable total first
-    /// when Redis does not have it.
-    async fn add_units(
-        &self,
-        conn: &mut deadpool_redis::Connection,
-        key: &UsageKey,
-        units: i64,
-    ) -> Result<()> {
-        let (hash, field) = (self.tenant_key(key.tenant_id), Self::counter_field(key));
-        let mut seed = -1;
-        loop {
-            let total: i64 = self
-                .add
-                .key(&hash)
-                .arg(&field)
-                .arg(units)
-                .arg(seed)
-                .invoke_async(&mut **conn)
-                .await
-                .map_err(unavailable)?;
-            if total >= 0 {
-                return Ok(());
-            }
-            if seed >= 0 {
-                return Err(Error::Internal(anyhow::anyhow!(
-                    "add script refused the durable total {seed}"
-                )));
-            }
-            seed = key.durable_total(&*self.usage).await?;
-        }
-    }
-
-    /// Reads the counters' current totals from Redis (`None`: not there).
-    async fn read(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.hget(self.tenant_key(k.tenant_id), Self::counter_field(k));
-            }
-            let got: Vec<Option<i64>> = pipe.query_async(&mut *conn).await.map_err(unavailable)?;
-            values.extend(got);
-        }
-        Ok(values)
-    }
-
-    /// Reads the counters and writes their totals durably.
-    async fn persist(&self, keys: &[UsageKey]) -> Result<usize> {
-        let totals: Vec<UsageTotal> = keys
-            .iter()
-            .zip(self.read(keys).await?)
-            .filter_map(|(k, used)| {
-                Some(UsageTotal {
-                    tenant_id: k.tenant_id,
-                    resource: k.resource.clone(),
-                    period_start: k.period.start,
-                    period_end: k.period.end,
-                    used: used?,
-                })
-            })
-            .collect();
-        for chunk in totals.chunks(5000) {
-            self.usage.upsert_usage(chunk).await?;
-        }
-        Ok(totals.len())
-    }
-
-    /// Every counter under our prefix, whoever charged it: a replica that
-    /// died before flushing leaves its counts in Redis, and this writes them.
-    async fn sweep(&self) -> Result<usize> {
-        let pattern = format!("{}:{{*}}", self.settings.prefix);
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let mut tenants = Vec::new();
-        {
-            let mut iter: redis::AsyncIter<String> =
-                conn.scan_match(&pattern).await.map_err(unavailable)?;
-            use futures_util::StreamExt;
-            while let Some(key) = iter.next().await {
-                let key = key.map_err(unavailable)?;
-                if let Some(tenant) = self.parse_tenant_key(&key) {
-                    tenants.push((key, tenant));
-                }
-            }
-        }
-        let mut found = Vec::new();
-        for chunk in tenants.chunks(100) {
-            let mut pipe = redis::pipe();
-            for (key, _) in chunk {
-                pipe.hkeys(key);
-            }
-            let fields: Vec<Vec<String>> =
-                pipe.query_async(&mut *conn).await.map_err(unavailable)?;
-            for ((_, tenant), fields) in chunk.iter().zip(fields) {
-                found.extend(
-                    fields
-                        .iter()
-                        .filter_map(|f| Self::parse_counter_field(*tenant, f)),
-                );
-            }
-        }
-        drop(conn);
-        self.persist(&found).await
     }
 }
 
