@@ -46,7 +46,25 @@ async fn readme_first_command_serves() {
     let addr = format!("127.0.0.1:{}", free_port());
     let log = data.path().join("output.log");
     let mut bash = Command::new("bash");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TOLLGATE_")) {
+    // A newcomer's shell: none of our settings, and none of the variables
+    // cargo sets for a test (build scripts that track CARGO_MANIFEST_DIR
+    // would otherwise rebuild, and the next plain `cargo run` again).
+    for (key, _) in std::env::vars().filter(|(k, _)| {
+        k.starts_with("TOLLGATE_")
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO",
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_str())
+    }) {
         bash.env_remove(key);
     }
     let output = std::fs::File::create(&log).unwrap();

@@ -26,13 +26,17 @@ fn refuses_replicas_with_a_database_but_no_redis() {
         "{e}"
     );
     assert!(!e.contains("'/database'"), "{e}");
-    // One replica on PostgreSQL alone is fine (an in-process limiter).
+    // One replica on PostgreSQL alone is fine (an in-process limiter), and
+    // never two at once, even in a rollout: their limiters would not share
+    // counts, and each would admit up to a hard cap.
     let manifests = render_valid(
         json!({"replicaCount": 1, "database": {"url": "postgres://pg/tollgate"}}),
         &[],
     );
     assert!(has(&manifests, "Job"));
     assert!(!has(&manifests, "PersistentVolumeClaim"));
+    let deployment = find(&manifests, "Deployment", "server");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
 }
 
 #[test]
