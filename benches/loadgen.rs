@@ -31,6 +31,7 @@ use tollgate::grpc::pb::{
 use tonic::{Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+#[derive(Clone)]
 struct Options {
     seconds: u64,
     connections: usize,
@@ -718,12 +719,22 @@ async fn main() {
             metered.child.id(),
         ),
     ];
+    // A fresh server's first seconds at full load are slower (buffers and
+    // pools growing): a phase on each first, not counted.
+    for (_, side, _) in &sides {
+        let warm_up = Options {
+            seconds: 2,
+            ..o.clone()
+        };
+        closed_loop(&side.allow, &side.channels, &token, &warm_up).await;
+    }
     println!(
-        "\nmetrics off and on: allowed Verify at full load on two fresh servers, {} phases alternating off, on, on, off, ...",
+        "\nmetrics off and on: allowed Verify at full load on two fresh servers, {} phases alternating off, on, on, off, ... (after an uncounted 2 s on each)",
         2 * ROUNDS
     );
-    // Calls, seconds and server CPU µs, off then on.
+    // Calls, seconds and server CPU µs, off then on; and each phase's rate.
     let mut totals = [(0usize, 0.0f64, 0.0f64); 2];
+    let mut rates: [Vec<f64>; 2] = Default::default();
     for phase in 0..2 * ROUNDS {
         let i = (phase + phase / 2) % 2;
         let (name, side, pid) = &sides[i];
@@ -736,6 +747,7 @@ async fn main() {
         totals[i].0 += f.calls;
         totals[i].1 += f.calls as f64 / f.per_second;
         totals[i].2 += f.cpu[0] * f.calls as f64;
+        rates[i].push(f.per_second);
     }
     let rate = |(calls, seconds, _): (usize, f64, f64)| calls as f64 / seconds;
     let cpu = |(calls, _, cpu): (usize, f64, f64)| cpu / calls as f64;
@@ -746,6 +758,17 @@ async fn main() {
         rate(totals[0]),
         cpu(totals[1]),
         cpu(totals[0]),
+    );
+    let spread = |r: &[f64]| {
+        let (min, max) = r
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        100.0 * (max - min) / min
+    };
+    println!(
+        "  phase-to-phase spread on one server: {:.1}% (metrics off), {:.1}% (metrics on)",
+        spread(&rates[0]),
+        spread(&rates[1]),
     );
     let addr = metered.metrics_addr.as_deref().expect("metrics on");
     println!(
@@ -760,4 +783,4 @@ async fn main() {
 }
 
 /// Rounds of the metrics comparison, each a phase on either server.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
