@@ -112,3 +112,59 @@ fn refuses_a_wrong_database_url_without_printing_it() {
     );
     assert!(!e.contains("hunter2"), "{e}");
 }
+
+/// Every server setting (a key of src/config.default.toml) is either one the
+/// chart sets (in config.toml or as a TOLLGATE_* variable from a Secret) or
+/// one `config` lets a user set: a new setting cannot be forgotten here.
+#[test]
+fn every_server_setting_is_set_by_the_chart_or_allowed_in_config() {
+    let defaults =
+        std::fs::read_to_string(Path::new(PROJECT).join("src/config.default.toml")).unwrap();
+    let settings: std::collections::BTreeSet<&str> = defaults
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
+        .collect();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(PROJECT).join("helm/tollgate/values.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut covered: std::collections::BTreeSet<String> =
+        schema["properties"]["config"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+    let manifests = render(super::production_urls(), &[]).unwrap();
+    let configmap = find(&manifests, "ConfigMap", "server");
+    let written: Vec<String> = configmap["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_owned()))
+        .collect();
+    let server = container(find(&manifests, "Deployment", "server"));
+    let from_env = server["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str()?.strip_prefix("TOLLGATE_"))
+        .map(str::to_ascii_lowercase);
+    covered.extend(written);
+    covered.extend(from_env);
+    for setting in &settings {
+        assert!(
+            covered.contains(*setting),
+            "the chart neither sets nor allows the server setting {setting}"
+        );
+    }
+    // And the chart allows nothing the server does not know.
+    for key in &covered {
+        assert!(
+            settings.contains(key.as_str()) || key == "config",
+            "the chart sets {key}, which is not a server setting"
+        );
+    }
+}
