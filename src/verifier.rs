@@ -11,7 +11,6 @@ use crate::{
     domain::{
         Error, Result, Timestamp,
         credits::CreditType,
-        ids::{KeyId, TenantId},
         key::ApiKey,
         now,
         plan::{Plan, RateLimit},
@@ -28,12 +27,26 @@ use crate::{
 };
 
 /// Everything a verification needs about a secret, loaded together.
-struct Entitlement {
+pub struct Entitlement {
     key: ApiKey,
     /// When this secret stops verifying (a rotated-out secret's grace end).
     secret_until: Option<Timestamp>,
     tenant: Tenant,
     plan: Plan,
+}
+
+impl Entitlement {
+    pub fn key(&self) -> &ApiKey {
+        &self.key
+    }
+
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
 }
 
 struct Entry {
@@ -129,14 +142,12 @@ impl ChangeListener for EntitlementCache {
 }
 
 /// The answer to one Verify call.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Verdict {
     pub code: VerifyCode,
-    pub key_id: Option<KeyId>,
-    pub tenant_id: Option<TenantId>,
-    pub external_id: Option<String>,
-    pub plan_slug: Option<String>,
-    pub features: Vec<String>,
+    /// The key the secret matched, with its tenant and plan, shared with the
+    /// cache: the edge copies out only what its answer shows.
+    pub matched: Option<Arc<Entitlement>>,
     pub rate: Option<(RateLimit, BucketOutcome)>,
     pub quota: Option<QuotaView>,
     /// The credit type checked, its balance, and the credits asked for.
@@ -212,11 +223,7 @@ impl Verifier {
         let at = now();
         let mut verdict = Verdict {
             code: VerifyCode::KeyNotFound,
-            key_id: None,
-            tenant_id: None,
-            external_id: None,
-            plan_slug: None,
-            features: Vec::new(),
+            matched: None,
             rate: None,
             quota: None,
             credits: None,
@@ -230,22 +237,7 @@ impl Verifier {
             // A rotated-out secret past its grace period.
             return Ok(verdict);
         }
-        verdict.key_id = Some(e.key.id);
-        verdict.tenant_id = Some(e.tenant.id);
-        verdict.external_id = e
-            .tenant
-            .profile
-            .external_id
-            .as_ref()
-            .map(|x| x.as_str().to_owned());
-        verdict.plan_slug = Some(e.plan.slug.to_string());
-        verdict.features = e
-            .plan
-            .spec
-            .features
-            .iter()
-            .map(|f| f.as_str().to_owned())
-            .collect();
+        verdict.matched = Some(e.clone());
         if let Some(code) = gate(&e.key, &e.tenant, at) {
             verdict.code = code;
             return Ok(verdict);

@@ -9,6 +9,7 @@ use super::{
 use crate::{
     domain::{
         Error,
+        error::FieldViolation,
         verify::{VerifyCode, VerifyInput, headers},
     },
     telemetry::metrics::ServerMetrics,
@@ -52,23 +53,62 @@ fn code_to_pb(code: VerifyCode) -> pb::VerifyCode {
     }
 }
 
-fn verdict_to_pb(v: Verdict) -> pb::VerifyResponse {
+/// How much of the answer the caller asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    Basic,
+    Full,
+}
+
+fn view(view: i32) -> Result<View, FieldViolation> {
+    match pb::VerifyView::try_from(view) {
+        Ok(pb::VerifyView::Unspecified | pb::VerifyView::Basic) => Ok(View::Basic),
+        Ok(pb::VerifyView::Full) => Ok(View::Full),
+        Err(_) => Err(FieldViolation::new(
+            "view",
+            "must be VERIFY_VIEW_BASIC or VERIFY_VIEW_FULL",
+        )),
+    }
+}
+
+/// The answer, with the features and the headers only in the FULL view:
+/// building the headers costs more than the rest of a denied call.
+fn verdict_to_pb(v: Verdict, view: View) -> pb::VerifyResponse {
     let at_micros = crate::domain::to_micros(v.at);
     let in_micros = |m: i64| crate::domain::from_micros(at_micros + m).map(timestamp);
-    let headers = headers(
-        v.code,
-        v.rate,
-        v.quota.as_ref().map(|q| (q.limit, q.used, q.period)),
-        v.at,
-    );
+    let matched = v.matched.as_deref();
+    let (features, headers) = match (view, matched) {
+        (View::Full, Some(m)) => (
+            m.plan()
+                .spec
+                .features
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+            headers(
+                v.code,
+                v.rate,
+                v.quota.as_ref().map(|q| (q.limit, q.used, q.period)),
+                v.at,
+            ),
+        ),
+        _ => Default::default(),
+    };
     pb::VerifyResponse {
         valid: v.code == VerifyCode::Valid,
         code: code_to_pb(v.code) as i32,
-        key_id: v.key_id.map(|k| k.to_string()).unwrap_or_default(),
-        tenant_id: v.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
-        external_id: v.external_id.unwrap_or_default(),
-        plan_slug: v.plan_slug.unwrap_or_default(),
-        features: v.features,
+        key_id: matched.map(|m| m.key().id.to_string()).unwrap_or_default(),
+        tenant_id: matched
+            .map(|m| m.tenant().id.to_string())
+            .unwrap_or_default(),
+        external_id: matched
+            .and_then(|m| m.tenant().profile.external_id.as_ref())
+            .map(|x| x.as_str().to_owned())
+            .unwrap_or_default(),
+        plan_slug: matched
+            .map(|m| m.plan().slug.to_string())
+            .unwrap_or_default(),
+        features,
         rate_limit: v.rate.map(|(limit, b)| pb::RateLimitStatus {
             limit: limit.burst,
             remaining: b.tokens.floor() as i64,
@@ -102,6 +142,7 @@ impl verify_server::Verify for VerifyService {
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let req = req.into_inner();
+        let view = view(req.view);
         let input = VerifyInput::parse(
             req.key,
             &req.resource,
@@ -109,10 +150,17 @@ impl verify_server::Verify for VerifyService {
             req.required_features,
             &req.credit_type,
             req.credit_units,
-        )
-        .map_err(Error::InvalidArgument)?;
+        );
+        let (input, view) = match (input, view) {
+            (Ok(input), Ok(view)) => (input, view),
+            (input, view) => {
+                let mut violations = input.err().unwrap_or_default();
+                violations.extend(view.err());
+                return Err(Error::InvalidArgument(violations).into());
+            }
+        };
         let verdict = self.verifier.verify(&input).await?;
-        let answer = verdict_to_pb(verdict);
+        let answer = verdict_to_pb(verdict, view);
         if let Some(counter) = self.decisions.get(answer.code as usize) {
             counter.inc();
         }

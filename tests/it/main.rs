@@ -23,3 +23,4 @@ mod store;
 mod subscriptions;
 mod traces;
 mod verify;
+mod views;

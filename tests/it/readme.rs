@@ -169,6 +169,7 @@ fn readme_walkthrough_runs_as_written() {
         "\n750\n",
         "\nTENANT_STATUS_ACTIVE\n",
         "\nINVOICE_STATUS_DRAFT\nUSD\n",
+        "\nVALID 200 9999\n",
     ] {
         assert!(
             stdout.contains(expected),
@@ -201,7 +202,7 @@ fn readme_walkthrough_runs_as_written() {
     for same in ["valid", "code", "httpStatus", "features", "planSlug"] {
         assert_eq!(actual[same], shown[same], "{same} differs");
     }
-    assert_eq!(actual["quota"]["used"], "1");
+    assert_eq!(actual["quota"]["used"], "2");
     server.stop();
 }
 

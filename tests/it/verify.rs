@@ -10,7 +10,7 @@ use tollgate::config::Config;
 use tollgate::grpc::pb::{
     CreateKeyRequest, CreatePlanRequest, CreateTenantRequest, GetUsageRequest, Key, Plan, Price,
     Quota, RateLimit, RevokeKeyRequest, RotateKeyRequest, Tenant, VerifyCode, VerifyRequest,
-    VerifyResponse, billing_client::BillingClient, keys_client::KeysClient,
+    VerifyResponse, VerifyView, billing_client::BillingClient, keys_client::KeysClient,
     plans_client::PlansClient, verify_client::VerifyClient,
 };
 use tonic::transport::Channel;
@@ -182,6 +182,12 @@ pub fn call(secret: &str, units: Option<i64>, features: &[&str]) -> VerifyReques
     }
 }
 
+/// The same call asking for the FULL view (features and headers).
+pub fn full(mut request: VerifyRequest) -> VerifyRequest {
+    request.view = VerifyView::Full as i32;
+    request
+}
+
 pub async fn verify(server: &InProcess, req: VerifyRequest) -> VerifyResponse {
     VerifyClient::new(server.channel())
         .verify(server.verify(req))
@@ -236,7 +242,7 @@ async fn denials_consume_nothing(stack: Stack) {
     let server = stack.start().await;
     // 1 request a minute: no refill to speak of during the test.
     let (secret, _) = setup(&server, 1, 10, 8).await;
-    let r = verify(&server, call(&secret, Some(5), &["model:gpt-4o"])).await;
+    let r = verify(&server, full(call(&secret, Some(5), &["model:gpt-4o"]))).await;
     assert_eq!(code(&r), VerifyCode::Valid);
     assert_eq!(
         r.rate_limit.as_ref().unwrap().remaining,
@@ -269,7 +275,7 @@ async fn denials_consume_nothing(stack: Stack) {
     let r = verify(&server, call(&secret, Some(3), &[])).await;
     assert_eq!(code(&r), VerifyCode::Valid);
     assert_eq!(r.quota.as_ref().unwrap().remaining, 0);
-    let r = verify(&server, call(&secret, Some(3), &[])).await;
+    let r = verify(&server, full(call(&secret, Some(3), &[]))).await;
     assert_eq!(code(&r), VerifyCode::RateLimited, "2 tokens left, 3 asked");
     assert!(r.rate_limit.as_ref().unwrap().retry_after_ms > 0);
     assert!(r.headers.contains_key("Retry-After"));

@@ -363,12 +363,14 @@ class E2E:
                          self.plans.ListPlans, P.ListPlansRequest(), metadata=bearer(live.secret))
 
     def verify_call(self, name: str, secret: str, *, units=None, resource="chat_requests",
-                    features=("model:gpt-4o",), metadata=None):
+                    features=("model:gpt-4o",), metadata=None, view=None):
         """One Verify.Verify call with the verify-scope token; must not be a gRPC error."""
         V = self.V
         request = V.VerifyRequest(key=secret, resource=resource, required_features=list(features))
         if units is not None:
             request.units = units
+        if view is not None:
+            request.view = V.VerifyView.Value(view)
         return self.call(name, self.verifier.Verify, request,
                          metadata=self.verify if metadata is None else metadata)
 
@@ -406,7 +408,7 @@ class E2E:
                       environment=K.KEY_ENVIRONMENT_LIVE)))
         key, secret = created.key, created.secret
 
-        first = self.verify_call("Verify", secret)
+        first = self.verify_call("Verify", secret, view="VERIFY_VIEW_FULL")
         self.check_verdict("Verify", first, "VALID", 200)
         for field, want in (("key_id", key.id), ("tenant_id", tenant.id),
                             ("plan_slug", plan.slug)):
@@ -428,6 +430,9 @@ class E2E:
         dry = self.verify_call("Verify units=0", secret, units=0)
         self.check_verdict("Verify units=0", dry, "VALID", 200)
         self.check_quota_used("Verify units=0 consumes nothing", dry, 1)
+        self.check("Verify, BASIC view by default: no headers, no features",
+                   not dry.headers and not dry.features,
+                   f"headers {dict(dry.headers)}, features {list(dry.features)}")
 
         denied = self.verify_call("Verify feature not in plan", secret,
                                   features=["model:gpt-4o", "model:o1-pro"])
@@ -443,7 +448,7 @@ class E2E:
         self.check("Verify call 3 of 3 included: quota.remaining == 0",
                    answer.quota.remaining == 0, f"got {answer.quota.remaining}")
 
-        over = self.verify_call("Verify past the hard cap", secret)
+        over = self.verify_call("Verify past the hard cap", secret, view="VERIFY_VIEW_FULL")
         self.check_verdict("Verify past the hard cap", over, "QUOTA_EXCEEDED", 429)
         self.check("Verify past the hard cap: header Retry-After present",
                    "Retry-After" in over.headers, f"headers {dict(over.headers)}")
