@@ -302,15 +302,24 @@ async fn a_replica_killed_under_load_loses_no_usage() {
     survivor.stop();
 }
 
-/// A server on a private Redis, flushing every 50 ms, whose new key has made
-/// `calls` VALID calls, all of them already written to the database.
+/// A server on a private Redis, flushing every 50 ms, whose new key (on a
+/// quota with billed overage) has made `calls` VALID calls, all of them
+/// already written to the database.
 async fn flushed_after(calls: i64, tune: impl FnOnce(&mut Config)) -> (InProcess, String) {
     let server = InProcess::start_with(TestDb::postgres().await, Some(TestRedis::own()), |c| {
         c.usage_flush_millis = 50;
         tune(c)
     })
     .await;
-    let (secret, _) = setup(&server, 1_000_000, 1_000_000, 1_000).await;
+    let (secret, _, _) = setup_on(
+        server.channel(),
+        &server.admin_token,
+        1_000_000,
+        1_000_000,
+        1_000,
+        2,
+    )
+    .await;
     for _ in 0..calls {
         assert_eq!(
             code(&verify(&server, call(&secret, None, &[])).await),
@@ -441,6 +450,38 @@ async fn failing_open_admits_locally_and_counts_the_usage() {
         .unwrap()
         .into_inner();
     assert_eq!(usage.resources[0].used, admitted);
+}
+
+/// Failing open guards no hard cap: its count is in Redis, and a replica
+/// alone cannot know what the others admitted. So a call charging one is
+/// refused as unavailable; rate limits and billed quotas fail open.
+#[tokio::test]
+async fn failing_open_never_passes_a_hard_cap() {
+    let (server, billed) = redis_outage(RedisFailure::Open).await;
+    let (capped, _) = setup(&server, 1_000_000, 1_000_000, 1_000).await;
+    for _ in 0..5 {
+        let refused = VerifyClient::new(server.channel())
+            .verify(server.verify(call(&capped, None, &[])))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(
+            refused.message().contains("hard cap"),
+            "{}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        code(&verify(&server, call(&billed, None, &[])).await),
+        VerifyCode::Valid
+    );
+    let mut rate_only = call(&capped, None, &[]);
+    rate_only.resource.clear();
+    assert_eq!(
+        code(&verify(&server, rate_only).await),
+        VerifyCode::Valid,
+        "no quota charged: the rate limit fails open"
+    );
 }
 
 /// The one quota counter in a private Redis (a field `q:…` of the tenant's

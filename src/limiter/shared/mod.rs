@@ -285,18 +285,16 @@ impl RedisLimiter {
         let mut memory = self.memory();
         let (taken, bucket) =
             take_tokens(memory.fallback.get(&a.bucket).copied(), a.rate, a.units, at);
-        let known = a.quota.as_ref().map(|q| {
-            memory.spent.get(&q.key).map_or(0, |(used, _)| *used)
-                + memory.pending.get(&q.key).copied().unwrap_or(0)
-        });
-        let decision = if !bucket.allowed {
-            Decision::RateLimited
-        } else if let (Some(q), Some(used)) = (&a.quota, known)
-            && !fits(q.hard_cap, used, a.units)
-        {
-            Decision::QuotaExceeded
-        } else {
+        // Only what this replica counted meanwhile: the shared total is in
+        // the Redis it cannot reach.
+        let known = a
+            .quota
+            .as_ref()
+            .map(|q| memory.pending.get(&q.key).copied().unwrap_or(0));
+        let decision = if bucket.allowed {
             Decision::Admitted
+        } else {
+            Decision::RateLimited
         };
         if decision == Decision::Admitted {
             memory.fallback.insert(a.bucket.clone(), taken);
@@ -324,6 +322,24 @@ impl RedisLimiter {
             }),
         }
     }
+
+    /// A call decided while Redis cannot be reached: failing closed, or
+    /// charging a hard-capped quota (whose shared count is in Redis, so no
+    /// replica alone can keep the cap), it is refused as unavailable;
+    /// otherwise it fails open on the in-process bucket.
+    fn without_redis(&self, a: &Admission, at: i64, count: bool) -> Result<Admitted> {
+        let hard_capped = a.quota.as_ref().is_some_and(|q| q.hard_cap.is_some());
+        match self.settings.failure {
+            RedisFailure::Open if !hard_capped => Ok(self.admit_fallback(a, at, count)),
+            RedisFailure::Open => Err(Error::Unavailable(
+                "the quota's hard cap cannot be checked while the rate limiter's Redis is unavailable; retry shortly"
+                    .into(),
+            )),
+            RedisFailure::Closed => Err(Error::Unavailable(
+                "the rate limiter's Redis is unavailable; retry shortly".into(),
+            )),
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -349,13 +365,8 @@ impl Limiter for RedisLimiter {
             }
             memory.down
         };
-        let unavailable =
-            || Error::Unavailable("the rate limiter's Redis is unavailable; retry shortly".into());
         if down {
-            return match self.settings.failure {
-                RedisFailure::Open => Ok(self.admit_fallback(a, at, true)),
-                RedisFailure::Closed => Err(unavailable()),
-            };
+            return self.without_redis(a, at, true);
         }
         let reply = match self.admit_remote(a, at).await {
             Ok(reply) => {
@@ -380,10 +391,7 @@ impl Limiter for RedisLimiter {
                     // Logged as a count by the flusher, not once per call.
                     self.memory().uncertain += 1;
                 }
-                return match self.settings.failure {
-                    RedisFailure::Open => Ok(self.admit_fallback(a, at, trouble.not_run)),
-                    RedisFailure::Closed => Err(unavailable()),
-                };
+                return self.without_redis(a, at, trouble.not_run);
             }
         };
         let decision = match reply.outcome {
