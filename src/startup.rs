@@ -271,12 +271,9 @@ impl Application {
             let _ = stopping_tx.send(true);
         };
 
-        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics_server = self.metrics_listener.map(|listener| {
-            tokio::spawn(metrics::serve(listener, Arc::new(registry), async {
-                let _ = metrics_stopped.await;
-            }))
-        });
+        let metrics_endpoint = self
+            .metrics_listener
+            .map(|listener| metrics::Endpoint::start(listener, registry));
         let observer = Observer::new(
             &[
                 FILE_DESCRIPTOR_SET,
@@ -284,7 +281,7 @@ impl Application {
                 tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             ],
-            metrics_server.is_some().then(|| metrics.grpc.clone()),
+            metrics_endpoint.is_some().then(|| metrics.grpc.clone()),
             !self.config.otlp_endpoint.is_empty(),
         );
 
@@ -336,9 +333,8 @@ impl Application {
         }
         self.store.close().await;
         // Scraped to the end, so the last counts are seen.
-        let _ = metrics_stop.send(());
-        if let Some(metrics_server) = metrics_server {
-            let _ = metrics_server.await;
+        if let Some(endpoint) = metrics_endpoint {
+            endpoint.stop().await;
         }
         tracing::info!("stopped");
         Ok(())

@@ -220,6 +220,11 @@ impl Call {
         self.done = true;
     }
 
+    /// Ends a call nothing is recorded for (metrics and traces off).
+    fn discard(mut self) {
+        self.done = true;
+    }
+
     fn record(&self, code: Code) {
         let number = code as usize;
         if let Some(metrics) = &self.observer.metrics {
@@ -301,7 +306,7 @@ where
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let call = if !call.observer.records() {
-                    call.finish(Code::Ok);
+                    call.discard();
                     None
                 } else if let Some(code) = status_in(&parts.headers) {
                     call.finish(code);

@@ -37,7 +37,7 @@ use tracing::{Instrument, field::Empty};
 use crate::{
     config::LogFormat,
     grpc::pb::{self, billing_client::BillingClient},
-    telemetry::propagation::send_trace,
+    telemetry::{metrics::Endpoint, propagation::send_trace},
 };
 use event::{Action, PROVIDER};
 use metrics::PolarMetrics;
@@ -190,24 +190,15 @@ impl Adapter {
         self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let metrics = self.metrics.map(|(listener, registry)| {
-            let mut stopped = stopped.clone();
-            tokio::spawn(crate::telemetry::metrics::serve(
-                listener,
-                Arc::new(registry),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ))
-        });
+        let metrics = self
+            .metrics
+            .map(|(listener, registry)| Endpoint::start(listener, registry));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(signal)
             .await
             .context("serving");
-        let _ = stop.send(true);
         if let Some(metrics) = metrics {
-            let _ = metrics.await;
+            metrics.stop().await;
         }
         served
     }

@@ -54,15 +54,42 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
 }
 
 /// The registry as OpenMetrics text.
-pub fn render(registry: &Registry) -> String {
+fn render(registry: &Registry) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry)
         .expect("writing to a String cannot fail");
     text
 }
 
+/// `GET /metrics` served in the background until `stop`, which both
+/// binaries call once their own server has stopped, so the last counts can
+/// still be scraped during the drain.
+pub struct Endpoint {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Endpoint {
+    pub fn start(listener: tokio::net::TcpListener, registry: Registry) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, Arc::new(registry), async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "/metrics stopped"),
+            Err(error) => tracing::warn!(%error, "/metrics stopped"),
+        }
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(
+async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,

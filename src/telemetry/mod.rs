@@ -16,14 +16,6 @@ use crate::config::LogFormat;
 /// Keeps the trace exporter alive; flushes it when dropped.
 pub struct Guard(Option<SdkTracerProvider>);
 
-impl Guard {
-    /// Whether spans are exported, so callers' trace contexts are worth
-    /// reading and passing on.
-    pub fn exports_traces(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(provider) = self.0.take() {

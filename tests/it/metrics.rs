@@ -4,8 +4,6 @@
 //! dashboard queries is in a real scrape.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read, Write},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -17,7 +15,9 @@ use tollgate::grpc::pb::{
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{Server, TestDb, TestRedis, free_port, python_script, run_tollgate, with_token},
+    helpers::{
+        Server, TestDb, TestRedis, free_port, http_get, python_script, run_tollgate, with_token,
+    },
     polar::{Adapter, SECRET, unknown_customer_update},
     verify::{call, setup_on},
 };
@@ -33,25 +33,15 @@ impl Scrape {
     /// `GET /metrics` on `addr`, parsed by prometheus_client's OpenMetrics
     /// parser (the test fails if it does not parse).
     pub fn fetch(addr: &str) -> Self {
-        let mut stream = TcpStream::connect(addr).expect("connecting to /metrics");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        let answer = http_get(addr, "/metrics", Duration::from_secs(10)).expect("GET /metrics");
+        let head = &answer.head;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(
             head.to_ascii_lowercase()
                 .contains("content-type: application/openmetrics-text"),
             "{head}"
         );
-        Self::parse(body)
+        Self::parse(&answer.body)
     }
 
     fn parse(text: &str) -> Self {

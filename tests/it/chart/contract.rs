@@ -7,8 +7,6 @@
 //! here.
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -18,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
-    helpers::{TestDb, TestRedis, free_port, serving},
+    helpers::{TestDb, TestRedis, free_port, http_get, serving},
     metrics::Scrape,
     polar::{SECRET, deliver_to, unknown_customer_update},
 };
@@ -323,21 +321,12 @@ fn http_probe(container: &Value, probe: &str) -> bool {
             .as_u64()
             .unwrap(),
     };
-    http_status(&format!("127.0.0.1:{port}"), get["path"].as_str().unwrap())
-        .is_some_and(|s| (200..400).contains(&s))
-}
-
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    http_get(
+        &format!("127.0.0.1:{port}"),
+        get["path"].as_str().unwrap(),
+        Duration::from_secs(2),
     )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer.split(' ').nth(1)?.parse().ok()
+    .is_ok_and(|a| (200..400).contains(&a.status))
 }
 
 /// Waits until `check` holds, as a probe retries; fails at once if the

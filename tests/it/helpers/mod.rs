@@ -19,7 +19,7 @@ use tollgate::{
 use tonic::transport::Channel;
 
 pub use process::{
-    Server, free_port, run_tollgate, serving, spawn_listening, tollgate, wait_serving,
+    Server, free_port, http_get, run_tollgate, serving, spawn_listening, tollgate, wait_serving,
 };
 pub use python::{grpcurl, python_script, venv};
 pub use redis_server::TestRedis;

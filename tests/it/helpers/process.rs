@@ -220,3 +220,38 @@ pub async fn wait_serving(addr: &str, within: Duration) -> bool {
     }
     false
 }
+
+/// An HTTP answer: its status, its head (status line and headers) and body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` on `addr` over HTTP/1.1 (the connection closed after), within
+/// `timeout` for the answer.
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<HttpAnswer> {
+    use std::io::{Read, Write};
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of the head"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    Ok(HttpAnswer {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}

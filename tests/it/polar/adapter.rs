@@ -2,8 +2,7 @@
 //! by the reference Standard Webhooks library (tests/python/polar_deliver.py)
 //! with the UTF-8 bytes of the endpoint's secret, as Polar signs them.
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     process::{Child, Command},
     sync::{Arc, Mutex},
     time::Duration,
@@ -11,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::helpers::{python_script, spawn_listening};
+use crate::helpers::{http_get, python_script, spawn_listening};
 
 pub const SECRET: &str = "polar_whs_8fKq2TnZ4vLx9Rb3Wc7Yd1Hs";
 
@@ -67,18 +66,9 @@ impl Adapter {
 
     /// The status of `GET path`.
     pub fn get(&self, path: &str) -> u16 {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer.split(' ').nth(1).unwrap().parse().unwrap()
+        http_get(&self.addr.to_string(), path, Duration::from_secs(10))
+            .expect("GET from the adapter")
+            .status
     }
 }
 
