@@ -1,13 +1,26 @@
 //! The load generator: in one run against one server, a no-op unary RPC
-//! (health Check, served by the same server), Verify allowed on a cached
-//! key, and Verify denied on a spent quota; throughput, p50 and p99 of each
-//! and their ratios to the no-op, at full load and at half the no-op's peak
-//! rate; the Redis commands each allowed Verify costs; and the cost of
-//! metrics: allowed Verify on two fresh servers alike but for `/metrics`,
+//! (health Check, served by the same server) and Verify workloads:
+//!
+//! - hot tenant BASIC: one tenant's key, quota far from its cap, the BASIC
+//!   answer;
+//! - hot tenant FULL: the same key, the FULL answer (features and headers);
+//! - denied: a tenant whose quota is spent;
+//! - long tail: `--tenants` tenants on one plan, a key each, each call on one
+//!   of them at random;
+//! - cold tenant at 1 call/s: a long-tail tenant idle for seconds (its lease
+//!   expired) against the no-op at 1 call/s: what an idle replica's Redis
+//!   round trip adds.
+//!
+//! For each: throughput, p50 and p99 and their ratios to the no-op, CPU per
+//! call of the server, Redis and the load generator, and Redis scripts run
+//! per call; at full load, and the hot tenant BASIC also at half the no-op's
+//! peak rate; the Redis commands each hot BASIC Verify costs; and the cost of
+//! metrics: hot BASIC Verify on two fresh servers alike but for `/metrics`,
 //! in rounds alternating between them (off, on, on, off, ...), so drift and
-//! order hit both alike.
+//! order hit both alike (skipped with `--skip-metrics`).
 //!
 //!     cargo bench --bench loadgen -- [--seconds 5] [--connections 4] [--in-flight 32]
+//!         [--tenants 10000] [--full-decode] [--skip-metrics]
 //!         [--database-url postgres://postgres@127.0.0.1:5432] [--redis-url redis://127.0.0.1:6379]
 //!
 //! It starts the release `tollgate` binary on a fresh PostgreSQL database and
@@ -22,10 +35,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::{StreamExt, stream};
 use tokio::sync::Barrier;
 use tollgate::grpc::pb::{
     CreateKeyRequest, CreatePlanRequest, CreateTenantRequest, Key, Plan, Price, Quota, QuotaReset,
-    RateLimit, Tenant, VerifyCode, VerifyRequest, billing_client::BillingClient,
+    RateLimit, Tenant, VerifyCode, VerifyRequest, VerifyView, billing_client::BillingClient,
     keys_client::KeysClient, plans_client::PlansClient, quota_reset, verify_client::VerifyClient,
 };
 use tonic::{Request, transport::Channel};
@@ -41,6 +55,9 @@ struct Options {
     /// Decode every Verify answer whole, as a gateway forwarding its headers
     /// would, instead of only `valid` and `code`.
     full_decode: bool,
+    /// Tenants of the long tail.
+    tenants: usize,
+    skip_metrics: bool,
 }
 
 fn options() -> Options {
@@ -51,6 +68,8 @@ fn options() -> Options {
         database_url: "postgres://postgres@127.0.0.1:5432".into(),
         redis_url: "redis://127.0.0.1:6379".into(),
         full_decode: false,
+        tenants: 10_000,
+        skip_metrics: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -67,8 +86,14 @@ fn options() -> Options {
             "--in-flight" => o.in_flight = number(),
             "--database-url" => o.database_url = value,
             "--redis-url" => o.redis_url = value,
+            "--tenants" => o.tenants = number(),
             "--full-decode" => {
                 o.full_decode = true;
+                i += 1;
+                continue;
+            }
+            "--skip-metrics" => {
+                o.skip_metrics = true;
                 i += 1;
                 continue;
             }
@@ -194,15 +219,9 @@ fn authed<T>(message: T, token: &str) -> Request<T> {
     r
 }
 
-/// A tenant on a plan with `included` units (hard cap or billed) and a key.
-async fn tenant_key(
-    channel: &Channel,
-    token: &str,
-    slug: &str,
-    included: i64,
-    policy: i32,
-) -> String {
-    let plan = PlansClient::new(channel.clone())
+/// A plan with `included` units (hard cap or billed); its id.
+async fn plan(channel: &Channel, token: &str, slug: &str, included: i64, policy: i32) -> String {
+    PlansClient::new(channel.clone())
         .create_plan(authed(
             CreatePlanRequest {
                 plan: Some(Plan {
@@ -223,6 +242,10 @@ async fn tenant_key(
                         overage_policy: policy,
                         overage_unit_price_micros: if policy == 2 { 10 } else { 0 },
                     }],
+                    // A few, as a real plan lists: the FULL answer carries them.
+                    features: ["model:small", "model:large", "export:csv"]
+                        .map(String::from)
+                        .into(),
                     quota_reset: Some(QuotaReset {
                         schedule: Some(quota_reset::Schedule::CalendarMonth(
                             quota_reset::CalendarMonth { day: 1 },
@@ -235,12 +258,17 @@ async fn tenant_key(
         ))
         .await
         .expect("creating a plan")
-        .into_inner();
+        .into_inner()
+        .id
+}
+
+/// A tenant on the plan `plan_id` and its key's secret.
+async fn tenant_key(channel: &Channel, token: &str, plan_id: &str) -> String {
     let tenant = BillingClient::new(channel.clone())
         .create_tenant(authed(
             CreateTenantRequest {
                 tenant: Some(Tenant {
-                    plan_id: plan.id,
+                    plan_id: plan_id.into(),
                     ..Tenant::default()
                 }),
             },
@@ -270,10 +298,27 @@ async fn tenant_key(
 enum Call {
     Noop,
     Verify {
-        secret: String,
+        /// Each call takes one at random (one only: a hot tenant).
+        secrets: Arc<[String]>,
+        view: VerifyView,
         expect: VerifyCode,
         whole: bool,
     },
+    /// A Verify refused at the feature check, before the limiter: it loads
+    /// the key's entitlements (the server forgets them after
+    /// `key_cache_seconds`, 5 by default) and leaves its lease alone.
+    Touch(String),
+}
+
+impl Call {
+    fn verify(secrets: Vec<String>, view: VerifyView, expect: VerifyCode, whole: bool) -> Self {
+        Call::Verify {
+            secrets: secrets.into(),
+            view,
+            expect,
+            whole,
+        }
+    }
 }
 
 /// What the load generator reads of a Verify answer unless `--full-decode`:
@@ -291,15 +336,16 @@ struct Verdict {
 /// The encoded size of one Verify answer, decoded whole.
 async fn answer_size(call: &Call, channel: &Channel, token: &str) -> usize {
     use prost::Message;
-    let Call::Verify { secret, .. } = call else {
+    let Call::Verify { secrets, view, .. } = call else {
         return 0;
     };
     VerifyClient::new(channel.clone())
         .verify(authed(
             VerifyRequest {
-                key: secret.clone(),
+                key: secrets[0].clone(),
                 resource: "calls".into(),
                 units: Some(0),
+                view: *view as i32,
                 ..Default::default()
             },
             token,
@@ -330,46 +376,66 @@ async fn attempt(call: &Call, channel: &Channel, token: &str) -> Result<(), toni
                 .await?;
         }
         Call::Verify {
-            secret,
+            secrets,
+            view,
             expect,
             whole,
         } => {
-            let request = authed(
-                VerifyRequest {
-                    key: secret.clone(),
-                    resource: "calls".into(),
-                    units: None,
-                    required_features: vec![],
-                    ..Default::default()
-                },
-                token,
-            );
-            let code = if *whole {
-                VerifyClient::new(channel.clone())
-                    .verify(request)
-                    .await?
-                    .into_inner()
-                    .code
-            } else {
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
-                grpc.ready()
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                grpc.unary(
-                    request,
-                    tonic::codegen::http::uri::PathAndQuery::from_static(
-                        "/tollgate.v1.Verify/Verify",
-                    ),
-                    tonic_prost::ProstCodec::<VerifyRequest, Verdict>::default(),
-                )
-                .await?
-                .into_inner()
-                .code
+            let request = VerifyRequest {
+                key: secrets[rand::random_range(0..secrets.len())].clone(),
+                resource: "calls".into(),
+                view: *view as i32,
+                ..Default::default()
             };
+            let code = verify(request, channel, token, *whole).await?;
             assert_eq!(code, *expect as i32, "unexpected Verify answer");
+        }
+        Call::Touch(secret) => {
+            let request = VerifyRequest {
+                key: secret.clone(),
+                resource: "calls".into(),
+                required_features: vec!["bench:absent".into()],
+                ..Default::default()
+            };
+            let code = verify(request, channel, token, false).await?;
+            assert_eq!(
+                code,
+                VerifyCode::FeatureNotInPlan as i32,
+                "unexpected Verify answer"
+            );
         }
     }
     Ok(())
+}
+
+/// A Verify answer's code, the answer decoded whole or not.
+async fn verify(
+    request: VerifyRequest,
+    channel: &Channel,
+    token: &str,
+    whole: bool,
+) -> Result<i32, tonic::Status> {
+    let request = authed(request, token);
+    if whole {
+        return Ok(VerifyClient::new(channel.clone())
+            .verify(request)
+            .await?
+            .into_inner()
+            .code);
+    }
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(grpc
+        .unary(
+            request,
+            tonic::codegen::http::uri::PathAndQuery::from_static("/tollgate.v1.Verify/Verify"),
+            tonic_prost::ProstCodec::<VerifyRequest, Verdict>::default(),
+        )
+        .await?
+        .into_inner()
+        .code)
 }
 
 struct Figures {
@@ -381,6 +447,22 @@ struct Figures {
     per_second: f64,
     p50_micros: u64,
     p99_micros: u64,
+    /// Calls Redis served meanwhile, by command (INFO, ours, left out).
+    redis: Vec<(String, u64)>,
+}
+
+impl Figures {
+    /// Redis scripts run per call: EVALSHA, and EVAL when Redis had lost
+    /// the script.
+    fn scripts(&self) -> f64 {
+        let scripts: u64 = self
+            .redis
+            .iter()
+            .filter(|(name, _)| name == "evalsha" || name == "eval")
+            .map(|(_, calls)| calls)
+            .sum();
+        scripts as f64 / self.calls as f64
+    }
 }
 
 fn figures(mut latencies: Vec<u64>, elapsed: Duration) -> Figures {
@@ -393,6 +475,7 @@ fn figures(mut latencies: Vec<u64>, elapsed: Duration) -> Figures {
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_micros: at(0.50),
         p99_micros: at(0.99),
+        redis: Vec::new(),
     }
 }
 
@@ -470,6 +553,27 @@ async fn open_loop(
     f
 }
 
+/// One call a second on each key of `keys` in turn, each just after a
+/// `Touch` of that key, so that the key is found in the server's cache and
+/// the figure is the limiter's alone.
+async fn one_per_second(
+    keys: &[String],
+    call: impl Fn(&str) -> Call,
+    channel: &Channel,
+    token: &str,
+) -> Figures {
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        tokio::time::sleep_until((started + Duration::from_secs(i as u64)).into()).await;
+        one(&Call::Touch(key.clone()), channel, token).await;
+        let (call, at) = (call(key), Instant::now());
+        one(&call, channel, token).await;
+        latencies.push(at.elapsed().as_micros() as u64);
+    }
+    figures(latencies, started.elapsed())
+}
+
 /// The Redis server's process id (for its CPU time; 0 when not local).
 fn redis_pid(url: &str) -> u32 {
     let mut conn = redis::Client::open(url)
@@ -502,7 +606,7 @@ fn redis_calls(url: &str) -> std::collections::HashMap<String, u64> {
 
 fn line(name: &str, f: &Figures, noop: &Figures) {
     println!(
-        "{name:<28} {:>9.0}/s {:>8} µs {:>8} µs   throughput {:>5.1}%   p99 {:>4.2}x   cpu/call µs: server {:>5.1} redis {:>5.1} loadgen {:>5.1}   ({} calls, {} failed)",
+        "{name:<28} {:>9.0}/s {:>8} µs {:>8} µs   throughput {:>5.1}%   p99 {:>4.2}x   cpu/call µs: server {:>5.1} redis {:>5.1} loadgen {:>5.1}   scripts/call {:>6.3}   ({} calls, {} failed)",
         f.per_second,
         f.p50_micros,
         f.p99_micros,
@@ -511,6 +615,7 @@ fn line(name: &str, f: &Figures, noop: &Figures) {
         f.cpu[0],
         f.cpu[1],
         f.cpu[2],
+        f.scripts(),
         f.calls,
         f.failed,
     );
@@ -532,20 +637,37 @@ fn cpu_micros(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) * 10_000.0
 }
 
-/// Runs a phase and charges each process's CPU time to its calls.
-async fn measured(pids: [u32; 3], phase: impl std::future::Future<Output = Figures>) -> Figures {
+/// Runs a phase and charges each process's CPU time to its calls, and
+/// notes the Redis calls made meanwhile.
+async fn measured(
+    pids: [u32; 3],
+    redis_url: &str,
+    phase: impl std::future::Future<Output = Figures>,
+) -> Figures {
+    let redis_before = redis_calls(redis_url);
     let before = pids.map(cpu_micros);
     let mut f = phase.await;
     for i in 0..3 {
         f.cpu[i] = (cpu_micros(pids[i]) - before[i]) / f.calls as f64;
     }
+    // Commands a script runs count in commandstats too; they are not round
+    // trips. The flusher's own (ping, mget, scan) run beside the calls.
+    f.redis = redis_calls(redis_url)
+        .into_iter()
+        .map(|(name, calls)| {
+            let before = redis_before.get(&name).copied().unwrap_or(0);
+            (name, calls - before)
+        })
+        .filter(|(name, n)| *n > 0 && name != "info")
+        .collect();
+    f.redis.sort();
     f
 }
 
-/// A server's connections and its allowed and denied keys.
+/// A server's connections, its allowed key (warm) and its denied key.
 struct Prepared {
     channels: Vec<Channel>,
-    allow: Call,
+    allowed: String,
     denied: String,
 }
 
@@ -560,13 +682,11 @@ async fn prepare(o: &Options, target: &Target, token: &str) -> Prepared {
                 .unwrap(),
         );
     }
-    let allowed = tenant_key(&channels[0], token, "bench-allowed", 1_000, 2).await;
-    let denied = tenant_key(&channels[0], token, "bench-denied", 1, 1).await;
-    let allow = Call::Verify {
-        secret: allowed,
-        expect: VerifyCode::Valid,
-        whole: o.full_decode,
-    };
+    let billed = plan(&channels[0], token, "bench-allowed", 1_000, 2).await;
+    let allowed = tenant_key(&channels[0], token, &billed).await;
+    let capped = plan(&channels[0], token, "bench-denied", 1, 1).await;
+    let denied = tenant_key(&channels[0], token, &capped).await;
+    let allow = hot(&allowed, VerifyView::Basic, o);
     for c in &channels {
         for _ in 0..100 {
             one(&allow, c, token).await;
@@ -574,9 +694,38 @@ async fn prepare(o: &Options, target: &Target, token: &str) -> Prepared {
     }
     Prepared {
         channels,
-        allow,
+        allowed,
         denied,
     }
+}
+
+/// Allowed Verify on one key.
+fn hot(secret: &str, view: VerifyView, o: &Options) -> Call {
+    Call::verify(vec![secret.into()], view, VerifyCode::Valid, o.full_decode)
+}
+
+/// Tenants created, or keys warmed, at once: setup takes seconds, not
+/// minutes, and leaves the server's database pool some room.
+const SETUP_CONCURRENCY: usize = 64;
+
+/// `n` tenants on one billed plan, a key each; their secrets.
+async fn long_tail(channels: &[Channel], token: &str, n: usize) -> Vec<String> {
+    let tail = plan(&channels[0], token, "bench-tail", 1_000, 2).await;
+    stream::iter(0..n)
+        .map(|i| tenant_key(&channels[i % channels.len()], token, &tail))
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// One allowed Verify on each key.
+async fn warm(keys: &[String], channels: &[Channel], token: &str, o: &Options) {
+    stream::iter(keys.iter().enumerate())
+        .for_each_concurrent(SETUP_CONCURRENCY, |(i, key)| {
+            let call = hot(key, VerifyView::Basic, o);
+            async move { one(&call, &channels[i % channels.len()], token).await }
+        })
+        .await;
 }
 
 /// The value of the sample `series` (name and labels as written) in the
@@ -598,33 +747,43 @@ fn scrape_value(addr: &str, series: &str) -> Option<f64> {
 #[tokio::main]
 async fn main() {
     let o = options();
+    // A different key per call, from keys idle since the long tail's warm-up.
+    let cold_calls = (o.seconds as usize).max(5);
+    assert!(
+        o.tenants > cold_calls,
+        "--tenants must be more than {cold_calls}"
+    );
     let token = format!("bench-admin-{}", uuid::Uuid::now_v7().simple());
     let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let target = start(&o, &token, &prefix, false).await;
     let Prepared {
         channels,
-        allow,
+        allowed,
         denied,
     } = prepare(&o, &target, &token).await;
     let noop = Call::Noop;
+    let basic = hot(&allowed, VerifyView::Basic, &o);
+    let full = hot(&allowed, VerifyView::Full, &o);
     // Spend the denied tenant's one unit; every call after is over the cap.
     one(
-        &Call::Verify {
-            secret: denied.clone(),
-            expect: VerifyCode::Valid,
-            whole: true,
-        },
+        &Call::verify(
+            vec![denied.clone()],
+            VerifyView::Basic,
+            VerifyCode::Valid,
+            true,
+        ),
         &channels[0],
         &token,
     )
     .await;
-    let deny = Call::Verify {
-        secret: denied,
-        expect: VerifyCode::QuotaExceeded,
-        whole: o.full_decode,
-    };
+    let deny = Call::verify(
+        vec![denied],
+        VerifyView::Basic,
+        VerifyCode::QuotaExceeded,
+        o.full_decode,
+    );
     // Warm up connections, caches and the script cache.
-    for call in [&noop, &allow, &deny] {
+    for call in [&noop, &basic, &full, &deny] {
         for c in &channels {
             for _ in 0..100 {
                 one(call, c, &token).await;
@@ -636,14 +795,15 @@ async fn main() {
         "tollgate loadgen: {} connections x {} in flight, {} s per phase, server {} (release), PostgreSQL + Redis",
         o.connections, o.in_flight, o.seconds, target.addr
     );
-    let sizes = [
-        answer_size(&allow, &channels[0], &token).await,
-        answer_size(&deny, &channels[0], &token).await,
-    ];
+    let mut sizes = Vec::new();
+    for call in [&basic, &full, &deny] {
+        sizes.push(answer_size(call, &channels[0], &token).await);
+    }
     println!(
-        "Verify answers: {} bytes allowed, {} bytes denied; the load generator decodes {}",
+        "Verify answers: {} bytes allowed BASIC, {} bytes allowed FULL, {} bytes denied; the load generator decodes {}",
         sizes[0],
         sizes[1],
+        sizes[2],
         if o.full_decode {
             "them whole (--full-decode)"
         } else {
@@ -659,77 +819,143 @@ async fn main() {
         redis_pid(&o.redis_url),
         std::process::id(),
     ];
-    let noop_full = measured(pids, closed_loop(&noop, &channels, &token, &o)).await;
-    line("no-op (health Check)", &noop_full, &noop_full);
-    let before = redis_calls(&o.redis_url);
-    let allow_full = measured(pids, closed_loop(&allow, &channels, &token, &o)).await;
-    let after = redis_calls(&o.redis_url);
-    line("Verify allowed (cached key)", &allow_full, &noop_full);
-    let deny_full = measured(pids, closed_loop(&deny, &channels, &token, &o)).await;
-    line("Verify denied (spent quota)", &deny_full, &noop_full);
+    let peak = |call: &Call| {
+        let call = call.clone();
+        let (channels, token, o) = (&channels, &token, &o);
+        async move { measured(pids, &o.redis_url, closed_loop(&call, channels, token, o)).await }
+    };
+    let noop_peak = peak(&noop).await;
+    line("no-op (health Check)", &noop_peak, &noop_peak);
+    let basic_peak = peak(&basic).await;
+    line("hot tenant BASIC", &basic_peak, &noop_peak);
+    let full_peak = peak(&full).await;
+    line("hot tenant FULL", &full_peak, &noop_peak);
+    let deny_peak = peak(&deny).await;
+    line("denied (spent quota)", &deny_peak, &noop_peak);
 
-    let rate = noop_full.per_second / 2.0;
+    let rate = noop_peak.per_second / 2.0;
     println!("\nat half the no-op's peak: {rate:.0} calls/s, latency from when each call was due");
-    let noop_half = measured(pids, open_loop(&noop, &channels, &token, &o, rate)).await;
+    let noop_half = measured(
+        pids,
+        &o.redis_url,
+        open_loop(&noop, &channels, &token, &o, rate),
+    )
+    .await;
     line("no-op (health Check)", &noop_half, &noop_half);
-    let allow_half = measured(pids, open_loop(&allow, &channels, &token, &o, rate)).await;
-    line("Verify allowed (cached key)", &allow_half, &noop_half);
+    let basic_half = measured(
+        pids,
+        &o.redis_url,
+        open_loop(&basic, &channels, &token, &o, rate),
+    )
+    .await;
+    line("hot tenant BASIC", &basic_half, &noop_half);
 
-    // Commands a script runs count in commandstats too; they are not round
-    // trips. The flusher's own (ping, mget, scan) run beside the calls.
-    let mut delta: Vec<(String, u64)> = after
-        .iter()
-        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
-        .filter(|(name, n)| *n > 0 && name != "info")
-        .collect();
-    delta.sort();
-    let evalsha = delta
+    let setup = Instant::now();
+    let keys = long_tail(&channels, &token, o.tenants).await;
+    let created = setup.elapsed();
+    warm(&keys, &channels, &token, &o).await;
+    let (cold_keys, tail_keys) = keys.split_at(cold_calls);
+    println!(
+        "\nlong tail: {} tenants on one plan, a key each, created in {:.1} s and warmed (one Verify each) in {:.1} s; calls at random over {} of them ({} kept idle for the cold tenant)",
+        o.tenants,
+        created.as_secs_f64(),
+        (setup.elapsed() - created).as_secs_f64(),
+        tail_keys.len(),
+        cold_calls,
+    );
+    let tail = Call::verify(
+        tail_keys.to_vec(),
+        VerifyView::Basic,
+        VerifyCode::Valid,
+        o.full_decode,
+    );
+    let tail_peak = peak(&tail).await;
+    line(
+        &format!("long tail ({} tenants)", tail_keys.len()),
+        &tail_peak,
+        &noop_peak,
+    );
+
+    // Let the long tail's leases expire and its renewals end: Redis idle.
+    tokio::time::sleep(IDLE).await;
+    println!(
+        "\none call a second, {cold_calls} calls, each on its own long-tail key (found in the server's cache, not called since the warm-up: its lease expired); cpu per call is clock ticks of 10 ms over a few calls: noise"
+    );
+    let noop_slow = measured(
+        pids,
+        &o.redis_url,
+        one_per_second(cold_keys, |_| Call::Noop, &channels[0], &token),
+    )
+    .await;
+    line("no-op at 1 call/s", &noop_slow, &noop_slow);
+    let cold = measured(
+        pids,
+        &o.redis_url,
+        one_per_second(
+            cold_keys,
+            |key| hot(key, VerifyView::Basic, &o),
+            &channels[0],
+            &token,
+        ),
+    )
+    .await;
+    line("cold tenant at 1 call/s", &cold, &noop_slow);
+
+    let evalsha = basic_peak
+        .redis
         .iter()
         .find(|(n, _)| n == "evalsha")
         .map_or(0, |(_, c)| *c);
     println!(
-        "\nRedis during the allowed phase: {} Verify calls, {} EVALSHA = {:.4} round trips per call",
-        allow_full.calls,
+        "\nRedis during the hot tenant BASIC phase: {} Verify calls, {} EVALSHA = {:.4} round trips per call",
+        basic_peak.calls,
         evalsha,
-        evalsha as f64 / allow_full.calls as f64,
+        evalsha as f64 / basic_peak.calls as f64,
     );
     println!(
         "  all commandstats deltas (script-internal calls included): {}",
-        delta
+        basic_peak
+            .redis
             .iter()
             .map(|(n, c)| format!("{n} {c}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
 
-    // The cost of metrics: the same calls on two fresh servers alike but
-    // for /metrics, alternating.
     drop(target);
-    let plain = start(&o, &token, &format!("{prefix}-off"), false).await;
-    let metered = start(&o, &token, &format!("{prefix}-on"), true).await;
+    if !o.skip_metrics {
+        metrics_cost(&o, &token, &prefix, pids, &noop_peak).await;
+    }
+}
+
+/// Longer than a lease lives (2 s), with a margin.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// The cost of metrics: the same calls on two fresh servers alike but for
+/// /metrics, alternating. `pids` are Redis's and ours beside the first
+/// server's.
+async fn metrics_cost(o: &Options, token: &str, prefix: &str, pids: [u32; 3], noop: &Figures) {
+    let plain = start(o, token, &format!("{prefix}-off"), false).await;
+    let metered = start(o, token, &format!("{prefix}-on"), true).await;
     let sides = [
-        (
-            "metrics off",
-            prepare(&o, &plain, &token).await,
-            plain.child.id(),
-        ),
-        (
-            "metrics on",
-            prepare(&o, &metered, &token).await,
-            metered.child.id(),
-        ),
-    ];
+        ("metrics off", prepare(o, &plain, token).await, &plain),
+        ("metrics on", prepare(o, &metered, token).await, &metered),
+    ]
+    .map(|(name, side, target)| {
+        let allow = hot(&side.allowed, VerifyView::Basic, o);
+        (name, side.channels, allow, target.child.id())
+    });
     // A fresh server's first seconds at full load are slower (buffers and
     // pools growing): a phase on each first, not counted.
-    for (_, side, _) in &sides {
+    for (_, channels, allow, _) in &sides {
         let warm_up = Options {
             seconds: 2,
             ..o.clone()
         };
-        closed_loop(&side.allow, &side.channels, &token, &warm_up).await;
+        closed_loop(allow, channels, token, &warm_up).await;
     }
     println!(
-        "\nmetrics off and on: allowed Verify at full load on two fresh servers, {} phases alternating off, on, on, off, ... (after an uncounted 2 s on each)",
+        "\nmetrics off and on: hot tenant BASIC at full load on two fresh servers, {} phases alternating off, on, on, off, ... (after an uncounted 2 s on each)",
         2 * ROUNDS
     );
     // Calls, seconds and server CPU µs, off then on; and each phase's rate.
@@ -737,13 +963,14 @@ async fn main() {
     let mut rates: [Vec<f64>; 2] = Default::default();
     for phase in 0..2 * ROUNDS {
         let i = (phase + phase / 2) % 2;
-        let (name, side, pid) = &sides[i];
+        let (name, channels, allow, pid) = &sides[i];
         let f = measured(
             [*pid, pids[1], pids[2]],
-            closed_loop(&side.allow, &side.channels, &token, &o),
+            &o.redis_url,
+            closed_loop(allow, channels, token, o),
         )
         .await;
-        line(name, &f, &noop_full);
+        line(name, &f, noop);
         totals[i].0 += f.calls;
         totals[i].1 += f.calls as f64 / f.per_second;
         totals[i].2 += f.cpu[0] * f.calls as f64;

@@ -328,7 +328,7 @@ impl Application {
             follower.abort();
         }
         // Usage admitted until the end is written before the store closes.
-        if let Err(error) = limiter.flush().await {
+        if let Err(error) = limiter.shutdown().await {
             tracing::error!(%error, "final usage flush failed");
         }
         self.store.close().await;

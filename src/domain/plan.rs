@@ -111,7 +111,7 @@ impl BillingInterval {
 pub const MAX_COUNT: i64 = 1_000_000_000_000;
 
 /// A token bucket: `requests_per_minute / 60` tokens a second, `burst` at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateLimit {
     pub requests_per_minute: i64,
     pub burst: i64,

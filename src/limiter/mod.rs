@@ -76,4 +76,9 @@ pub trait Limiter: Send + Sync + 'static {
     async fn flush(&self) -> Result<usize>;
     /// The live totals of `keys`, where the limiter holds them.
     async fn live_usage(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>>;
+    /// The last flush, at shutdown: writes everything and hands back
+    /// whatever the limiter holds of a shared budget.
+    async fn shutdown(&self) -> Result<()> {
+        self.flush().await.map(|_| ())
+    }
 }

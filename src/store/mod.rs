@@ -115,9 +115,30 @@ pub struct UsageTotal {
     pub used: i64,
 }
 
+/// Units one source served on one counter from one lease, in one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Increment {
+    pub tenant_id: TenantId,
+    pub resource: Resource,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+    /// The lease the units were served from; 0 for none (failing open).
+    pub lease: i64,
+    pub units: i64,
+}
+
 /// Durable usage counters.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
+    /// Adds batch `seq` of `source` (a replica) in one transaction, once: a
+    /// batch retried after an unknown outcome adds nothing the second time.
+    /// A batch names each (lease, counter) at most once.
+    async fn add_usage(&self, source: &str, seq: i64, increments: &[Increment]) -> Result<()>;
+    /// A dead source's lease: adds the units granted to it (`granted`) less
+    /// those the source already added from it, once; returns the units added.
+    async fn claim_lease(&self, source: &str, lease: i64, granted: &Increment) -> Result<i64>;
+    /// Forgets increments older than `before`, whose retries are long over.
+    async fn prune_increments(&self, before: Timestamp) -> Result<u64>;
     /// Writes absolute totals in one statement; a total never goes down, so
     /// replaying an older flush changes nothing.
     async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()>;

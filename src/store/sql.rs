@@ -12,7 +12,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
-use super::{CatalogStore, CredentialStore, TenantFilter, UsageStore, UsageTotal};
+use super::{CatalogStore, CredentialStore, TenantFilter, UsageTotal};
 use crate::domain::{
     Error, Result, Timestamp,
     credential::{Credential, Scope},
@@ -35,6 +35,7 @@ mod credits;
 mod invoices;
 mod revenue;
 mod subscriptions;
+mod usage;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -924,171 +925,5 @@ impl CredentialStore for SqlStore {
         .await
         .map_err(db("counting credentials", ""))?;
         int(&row, "n")
-    }
-}
-
-/// PostgreSQL: every total in one statement whatever the batch size, the
-/// columns bound as arrays. A total only ever grows, and an unchanged one
-/// is not rewritten.
-async fn upsert_usage_unnest(pg: &sqlx::PgPool, totals: &[UsageTotal]) -> Result<()> {
-    if totals.is_empty() {
-        return Ok(());
-    }
-    // One row per counter (a statement may not update a row twice): the largest.
-    let mut largest: std::collections::HashMap<_, &UsageTotal> = Default::default();
-    for t in totals {
-        let slot = largest
-            .entry((t.tenant_id, &t.resource, t.period_start))
-            .or_insert(t);
-        if t.used > slot.used {
-            *slot = t;
-        }
-    }
-    let totals: Vec<&UsageTotal> = largest.into_values().collect();
-    let mut tenants = Vec::with_capacity(totals.len());
-    let mut resources = Vec::with_capacity(totals.len());
-    let mut starts = Vec::with_capacity(totals.len());
-    let mut ends = Vec::with_capacity(totals.len());
-    let mut used = Vec::with_capacity(totals.len());
-    for t in totals {
-        tenants.push(t.tenant_id.to_string());
-        resources.push(t.resource.as_str().to_owned());
-        starts.push(to_micros(t.period_start));
-        ends.push(to_micros(t.period_end));
-        used.push(t.used);
-    }
-    sqlx::query(
-        "INSERT INTO usage_counters \
-         (tenant_id, resource, period_start, period_end, used, updated_at) \
-         SELECT t, r, s, e, u, $6 FROM UNNEST($1::text[], $2::text[], $3::bigint[], \
-         $4::bigint[], $5::bigint[]) AS x(t, r, s, e, u) \
-         ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
-         used = excluded.used, updated_at = excluded.updated_at \
-         WHERE usage_counters.used < excluded.used",
-    )
-    .bind(tenants)
-    .bind(resources)
-    .bind(starts)
-    .bind(ends)
-    .bind(used)
-    .bind(to_micros(crate::domain::now()))
-    .execute(pg)
-    .await
-    .map_err(db("writing usage", ""))?;
-    Ok(())
-}
-
-#[async_trait]
-impl UsageStore for SqlStore {
-    async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()> {
-        if let Some(pg) = &self.pg {
-            return upsert_usage_unnest(pg, totals).await;
-        }
-        // Bounded batches keep the statement under both databases' parameter
-        // limits (SQLite: 32766, PostgreSQL: 65535).
-        for chunk in totals.chunks(1000) {
-            let mut sql = String::from(
-                "INSERT INTO usage_counters \
-                 (tenant_id, resource, period_start, period_end, used, updated_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 6;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
-            }
-            let greatest = match self.backend {
-                Backend::Postgres => "GREATEST",
-                Backend::Sqlite => "MAX",
-            };
-            sql.push_str(&format!(
-                " ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
-                 used = {greatest}(usage_counters.used, excluded.used), \
-                 updated_at = excluded.updated_at"
-            ));
-            let at = to_micros(crate::domain::now());
-            let mut query = sqlx::query(&sql);
-            for t in chunk {
-                query = query
-                    .bind(t.tenant_id.to_string())
-                    .bind(t.resource.as_str().to_owned())
-                    .bind(to_micros(t.period_start))
-                    .bind(to_micros(t.period_end))
-                    .bind(t.used)
-                    .bind(at);
-            }
-            query
-                .execute(&self.pool)
-                .await
-                .map_err(db("writing usage", ""))?;
-        }
-        Ok(())
-    }
-
-    async fn get_usage(
-        &self,
-        tenant_id: TenantId,
-        resource: &Resource,
-        period_start: Timestamp,
-    ) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT used FROM usage_counters \
-             WHERE tenant_id = $1 AND resource = $2 AND period_start = $3",
-        )
-        .bind(tenant_id.to_string())
-        .bind(resource.as_str().to_owned())
-        .bind(to_micros(period_start))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("reading usage", ""))?;
-        row.map(|r| int(&r, "used"))
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-
-    async fn usage_starting_in(
-        &self,
-        tenant_id: TenantId,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<UsageTotal>> {
-        sqlx::query(
-            "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
-             WHERE tenant_id = $1 AND period_start >= $2 AND period_start < $3 \
-             ORDER BY resource, period_start",
-        )
-        .bind(tenant_id.to_string())
-        .bind(to_micros(from))
-        .bind(to_micros(to))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing usage", ""))?
-        .iter()
-        .map(usage_from_row)
-        .collect()
-    }
-
-    async fn list_usage(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<UsageTotal>> {
-        sqlx::query(
-            "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
-             WHERE tenant_id = $1 AND period_start <= $2 AND period_end > $2 ORDER BY resource",
-        )
-        .bind(tenant_id.to_string())
-        .bind(to_micros(at))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing usage", ""))?
-        .iter()
-        .map(usage_from_row)
-        .collect()
     }
 }

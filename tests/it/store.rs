@@ -219,7 +219,7 @@ where
 }
 
 /// Creates a plan and a tenant on it, for the cases about keys.
-async fn plan_and_tenant(store: &SqlStore) -> (Plan, Tenant) {
+pub(crate) async fn plan_and_tenant(store: &SqlStore) -> (Plan, Tenant) {
     let p = plan("pro");
     store.create_plan(&p).await.expect("create plan");
     let t = tenant(p.id, Some("cus_1"));

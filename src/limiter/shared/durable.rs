@@ -1,78 +1,255 @@
-//! The shared limiter's usage on its way to the database: units admitted
-//! while Redis was away added back to it, and counters read from it and
-//! written as absolute totals (this replica's, and every counter in a
-//! sweep, so a replica that died before flushing loses nothing).
+//! The shared limiter's usage on its way to the database, and leases on
+//! their way back to Redis. Each replica writes the units it served as
+//! numbered batches of increments (a batch retried after an unknown outcome
+//! adds nothing twice), settles a lease only once its units are written,
+//! and sweeps the records of leases whose replica died: their granted units
+//! count as used, less those the replica wrote.
+use std::{sync::Arc, time::Instant};
+
 use redis::AsyncCommands;
 
-use super::{RedisLimiter, unavailable};
+use super::{Cell, Shared, renew::Ask, unavailable};
 use crate::{
-    domain::{Error, Result},
+    domain::{Error, Result, now},
     limiter::UsageKey,
-    store::UsageTotal,
+    store::Increment,
 };
 
-impl RedisLimiter {
-    /// Usage admitted while Redis was away, added to its counters.
-    pub(super) async fn replay_pending(&self) -> Result<()> {
-        // The connection first: taking the pending units and then failing to
-        // reach Redis would drop them.
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let pending: Vec<(UsageKey, i64)> = self.memory().pending.drain().collect();
-        let mut failed = Vec::new();
-        for (key, units) in pending {
-            match self.add_units(&mut conn, &key, units).await {
-                Ok(()) => {
-                    self.memory().touched.insert(key);
-                }
-                Err(_) => failed.push((key, units)),
-            }
+/// How long after a record's expiry it may be claimed: its replica, if
+/// alive, has stopped using it and written its units long before.
+const CLAIM_GRACE_MICROS: i64 = 5_000_000;
+/// The most a sweep may take before another replica may start one.
+const SWEEP_LOCK_MILLIS: u64 = 30_000;
+/// Increments are kept this long for retries and claims to find.
+const KEEP_INCREMENTS: time::Duration = time::Duration::days(2);
+
+/// A batch of increments and the leases whose units it carries.
+pub(super) struct Batch {
+    seq: i64,
+    increments: Vec<Increment>,
+    from: Vec<(Arc<Cell>, i64)>,
+    /// Units served failing open.
+    open: Vec<(UsageKey, i64)>,
+    units: i64,
+}
+
+fn increment(key: &UsageKey, lease: i64, units: i64) -> Increment {
+    Increment {
+        tenant_id: key.tenant_id,
+        resource: key.resource.clone(),
+        period_start: key.period.start,
+        period_end: key.period.end,
+        lease,
+        units,
+    }
+}
+
+impl Shared {
+    /// Writes served units, settles idle leases (every lease when
+    /// `closing`), and sweeps dead replicas' leases when due.
+    pub(super) async fn flush(&self, closing: bool) -> Result<usize> {
+        let uncertain = std::mem::take(&mut self.memory().uncertain);
+        if uncertain > 0 {
+            tracing::warn!(
+                calls = uncertain,
+                "calls failed after reaching Redis; what they asked for is settled at the lease's next call"
+            );
         }
-        if !failed.is_empty() {
+        self.retire_idle(closing);
+        // The database first, whatever Redis does: it is the record.
+        let written = self.write().await?;
+        if !self.probe().await {
+            return Err(Error::Unavailable("Redis: unavailable".into()));
+        }
+        self.settle_retired().await?;
+        let sweep_due = {
             let mut memory = self.memory();
-            for (key, units) in failed {
-                *memory.pending.entry(key).or_default() += units;
+            let due = memory
+                .last_sweep
+                .is_none_or(|t| t.elapsed() >= self.settings.sweep_every);
+            if due {
+                memory.last_sweep = Some(Instant::now());
             }
-            return Err(Error::Unavailable(
-                "Redis: usage admitted while it was away not yet added".into(),
-            ));
+            due
+        };
+        if sweep_due && !closing {
+            self.sweep().await?;
         }
-        Ok(())
+        Ok(written)
     }
 
-    /// Adds `units` to a counter, restoring it from its durable total first
-    /// when Redis does not have it.
-    async fn add_units(
-        &self,
-        conn: &mut deadpool_redis::Connection,
-        key: &UsageKey,
-        units: i64,
-    ) -> Result<()> {
-        let (hash, field) = (self.tenant_key(key.tenant_id), Self::counter_field(key));
-        let mut seed = -1;
-        loop {
-            let total: i64 = self
-                .add
-                .key(&hash)
-                .arg(&field)
-                .arg(units)
-                .arg(seed)
-                .invoke_async(&mut **conn)
-                .await
-                .map_err(unavailable)?;
-            if total >= 0 {
-                return Ok(());
-            }
-            if seed >= 0 {
-                return Err(Error::Internal(anyhow::anyhow!(
-                    "add script refused the durable total {seed}"
-                )));
-            }
-            seed = key.durable_total(&*self.usage).await?;
+    fn retire_idle(&self, all: bool) {
+        let now = Instant::now();
+        let idle: Vec<Arc<Cell>> = self
+            .leases()
+            .values()
+            .filter(|cell| {
+                let mut l = cell.lease();
+                let idle = all || l.idle(now);
+                if idle {
+                    l.closed = true;
+                }
+                idle
+            })
+            .cloned()
+            .collect();
+        for cell in idle {
+            self.retire(&cell);
         }
+    }
+
+    /// Writes the batch in progress, or a new one of every unit served since.
+    async fn write(&self) -> Result<usize> {
+        let retried = self.memory().batch.take();
+        let batch = match retried {
+            Some(batch) => batch,
+            None => self.collect(),
+        };
+        if batch.increments.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self
+            .usage
+            .add_usage(&self.replica, batch.seq, &batch.increments)
+            .await
+        {
+            self.memory().batch = Some(batch);
+            return Err(e);
+        }
+        for (cell, units) in &batch.from {
+            cell.lease().durable += units;
+        }
+        let mut memory = self.memory();
+        for (key, units) in &batch.open {
+            if let Some(r) = memory.readd.get_mut(key) {
+                let written = r.open.min(*units);
+                r.open -= written;
+                r.open_written += written;
+            }
+        }
+        drop(memory);
+        self.usage_metrics.unflushed_units.dec_by(batch.units);
+        Ok(batch.increments.len())
+    }
+
+    fn collect(&self) -> Batch {
+        let cells: Vec<Arc<Cell>> = {
+            let leases = self.leases();
+            let memory = self.memory();
+            leases
+                .values()
+                .chain(memory.retired.iter())
+                .cloned()
+                .collect()
+        };
+        let mut batch = Batch {
+            seq: 0,
+            increments: Vec::new(),
+            from: Vec::new(),
+            open: Vec::new(),
+            units: 0,
+        };
+        for cell in cells {
+            let Some((key, _)) = &cell.key.quota else {
+                continue;
+            };
+            let (no, units) = {
+                let mut l = cell.lease();
+                let units = l.served - l.collected;
+                l.collected = l.served;
+                (l.no, units)
+            };
+            if units > 0 {
+                batch.increments.push(increment(key, no, units));
+                batch.from.push((cell.clone(), units));
+                batch.units += units;
+            }
+        }
+        let mut memory = self.memory();
+        let open: Vec<(UsageKey, i64)> = memory.open_served.drain().collect();
+        for (key, units) in open {
+            batch.increments.push(increment(&key, 0, units));
+            batch.open.push((key, units));
+            batch.units += units;
+        }
+        memory.next_seq += 1;
+        batch.seq = memory.next_seq;
+        batch
+    }
+
+    /// Hands back what retired leases hold and removes their records, once
+    /// the units they served are written.
+    async fn settle_retired(&self) -> Result<()> {
+        let retired = std::mem::take(&mut self.memory().retired);
+        let mut keep = Vec::new();
+        let mut failed = None;
+        for cell in retired {
+            let ask = {
+                let mut l = cell.lease();
+                if l.durable < l.served || l.renewing {
+                    drop(l);
+                    keep.push(cell);
+                    continue;
+                }
+                let give_back = l.give_back + l.held;
+                // Never asked Redis for anything: nothing to settle.
+                if give_back == 0 && l.request == 0 {
+                    continue;
+                }
+                l.request += 1;
+                Ask {
+                    need: 0,
+                    want: 0,
+                    // Closing: what it used, so Redis hands back the rest.
+                    holding: l.served,
+                    give_back,
+                    close: true,
+                    record: l.record,
+                    request: l.request,
+                    no: l.no,
+                }
+            };
+            match self.run(&cell.key, &ask, -1, 0).await {
+                // Settled, or Redis no longer has it (nothing to settle).
+                Ok(_) => {}
+                Err(trouble) => {
+                    failed = Some(trouble.message);
+                    keep.push(cell);
+                }
+            }
+        }
+        self.memory().retired.extend(keep);
+        match failed {
+            Some(message) => Err(Error::Unavailable(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counters' current totals (`None`: not in Redis), less what this
+    /// replica holds in leases, plus what it has yet to add.
+    pub(super) async fn live_usage(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut live = self.read(keys).await?;
+        let held: Vec<(UsageKey, i64)> = self
+            .leases()
+            .iter()
+            .filter_map(|(k, cell)| Some((k.quota.as_ref()?.0.clone(), cell.lease().held)))
+            .collect();
+        let memory = self.memory();
+        for (k, v) in keys.iter().zip(live.iter_mut()) {
+            let mine: i64 = held.iter().filter(|(h, _)| h == k).map(|(_, n)| n).sum();
+            let unadded = memory.readd.get(k).map_or(0, |r| r.all());
+            if v.is_some() || unadded > 0 {
+                *v = Some(v.unwrap_or(0) - mine + unadded);
+            }
+        }
+        Ok(live)
     }
 
     /// Reads the counters' current totals from Redis (`None`: not there).
-    pub(super) async fn read(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
+    async fn read(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let mut values = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
@@ -86,33 +263,31 @@ impl RedisLimiter {
         Ok(values)
     }
 
-    /// Reads the counters and writes their totals durably.
-    pub(super) async fn persist(&self, keys: &[UsageKey]) -> Result<usize> {
-        let totals: Vec<UsageTotal> = keys
-            .iter()
-            .zip(self.read(keys).await?)
-            .filter_map(|(k, used)| {
-                Some(UsageTotal {
-                    tenant_id: k.tenant_id,
-                    resource: k.resource.clone(),
-                    period_start: k.period.start,
-                    period_end: k.period.end,
-                    used: used?,
-                })
-            })
-            .collect();
-        for chunk in totals.chunks(5000) {
-            self.usage.upsert_usage(chunk).await?;
+    /// Claims the expired records of other replicas' leases, one replica
+    /// at a time (a lock in Redis).
+    async fn sweep(&self) -> Result<usize> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let lock = format!("{}:sweep", self.settings.prefix);
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&lock)
+            .arg(&self.replica)
+            .arg("NX")
+            .arg("PX")
+            .arg(SWEEP_LOCK_MILLIS)
+            .query_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if locked.is_none() {
+            return Ok(0);
         }
-        Ok(totals.len())
+        let swept = self.sweep_locked(&mut conn).await;
+        let _: redis::RedisResult<()> = conn.del(&lock).await;
+        swept
     }
 
-    /// Every counter under our prefix, whoever charged it: a replica that
-    /// died before flushing leaves its counts in Redis, and this writes them.
-    pub(super) async fn sweep(&self) -> Result<usize> {
+    async fn sweep_locked(&self, conn: &mut deadpool_redis::Connection) -> Result<usize> {
         let pattern = format!("{}:{{*}}", self.settings.prefix);
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let mut tenants = Vec::new();
+        let mut hashes = Vec::new();
         {
             let mut iter: redis::AsyncIter<String> =
                 conn.scan_match(&pattern).await.map_err(unavailable)?;
@@ -120,27 +295,106 @@ impl RedisLimiter {
             while let Some(key) = iter.next().await {
                 let key = key.map_err(unavailable)?;
                 if let Some(tenant) = self.parse_tenant_key(&key) {
-                    tenants.push((key, tenant));
+                    hashes.push((key, tenant));
                 }
             }
         }
-        let mut found = Vec::new();
-        for chunk in tenants.chunks(100) {
+        let at = crate::domain::to_micros(now());
+        let mut claimed = 0;
+        for chunk in hashes.chunks(100) {
             let mut pipe = redis::pipe();
             for (key, _) in chunk {
-                pipe.hkeys(key);
+                pipe.hgetall(key);
             }
-            let fields: Vec<Vec<String>> =
-                pipe.query_async(&mut *conn).await.map_err(unavailable)?;
-            for ((_, tenant), fields) in chunk.iter().zip(fields) {
-                found.extend(
-                    fields
-                        .iter()
-                        .filter_map(|f| Self::parse_counter_field(*tenant, f)),
-                );
+            let all: Vec<Vec<(String, String)>> =
+                pipe.query_async(&mut **conn).await.map_err(unavailable)?;
+            for ((hash, tenant), fields) in chunk.iter().zip(all) {
+                for (field, value) in fields {
+                    let Some(record) = Claimable::parse(&field, &value, *tenant) else {
+                        continue;
+                    };
+                    if record.source == self.replica {
+                        continue;
+                    }
+                    let marked = if record.marked {
+                        true
+                    } else if record.expires + CLAIM_GRACE_MICROS < at {
+                        let n: i64 = self
+                            .claim
+                            .key(hash)
+                            .arg(&field)
+                            .arg(&value)
+                            .invoke_async(&mut **conn)
+                            .await
+                            .map_err(unavailable)?;
+                        n == 1
+                    } else {
+                        false
+                    };
+                    if !marked {
+                        continue;
+                    }
+                    let units = self
+                        .usage
+                        .claim_lease(
+                            &record.source,
+                            record.lease,
+                            &increment(&record.counter, record.lease, record.granted),
+                        )
+                        .await?;
+                    tracing::info!(
+                        replica = record.source,
+                        lease = record.lease,
+                        tenant_id = %record.counter.tenant_id,
+                        units,
+                        unused_at_most = record.held_after_grant,
+                        "a dead replica's lease claimed: its units not yet written count as used"
+                    );
+                    let done = format!("c{}", &field[1..]);
+                    let _: () = conn.hdel(hash, done).await.map_err(unavailable)?;
+                    claimed += 1;
+                }
             }
         }
-        drop(conn);
-        self.persist(&found).await
+        self.usage.prune_increments(now() - KEEP_INCREMENTS).await?;
+        Ok(claimed)
+    }
+}
+
+/// A lease record found by the sweep (`l:` live, `c:` marked claimed).
+struct Claimable {
+    source: String,
+    lease: i64,
+    marked: bool,
+    granted: i64,
+    expires: i64,
+    /// What the lease held after its last grant: the most its replica can
+    /// have held unused when it died.
+    held_after_grant: i64,
+    counter: UsageKey,
+}
+
+impl Claimable {
+    fn parse(field: &str, value: &str, tenant: crate::domain::ids::TenantId) -> Option<Self> {
+        let (marked, rest) = match field.split_at_checked(2)? {
+            ("l:", rest) => (false, rest),
+            ("c:", rest) => (true, rest),
+            _ => return None,
+        };
+        let (source, lease) = rest.rsplit_once(':')?;
+        let mut parts = value.splitn(6, '|');
+        let granted = parts.next()?.parse().ok()?;
+        let expires = parts.next()?.parse().ok()?;
+        let held_after_grant = parts.nth(2)?.parse().ok()?;
+        let counter = Shared::parse_counter_field(tenant, parts.next()?)?;
+        Some(Self {
+            source: source.to_owned(),
+            lease: lease.parse().ok()?,
+            marked,
+            granted,
+            expires,
+            held_after_grant,
+            counter,
+        })
     }
 }

@@ -1,93 +1,136 @@
 //! The Lua scripts the shared limiter runs in Redis, each one round trip.
 
 /// Every tenant has one hash (`<prefix>:{<tenant>}`): its buckets as
-/// `<bucket>:t` (tokens) and `<bucket>:a` (as of, µs), its quota counters
-/// as `q:<start µs>:<end µs>:<resource>`, and `e`, when its expiry is next
-/// pushed back. One hash makes a call two commands inside the script (read
+/// `<bucket>:t` (tokens) and `<bucket>:a` (as of, µs); its quota counters as
+/// `q:<start µs>:<end µs>:<resource>`, which count every unit granted to a
+/// lease and not handed back; a record per lease on a counter,
+/// `l:<replica>:<lease>` = `granted|expires µs|request|last grant|held after
+/// it|counter`,
+/// so the units of a replica that dies can be claimed; and `e`, when its
+/// expiry is next pushed back. One hash makes a call two commands (read
 /// everything, write everything) instead of one per field.
 ///
-/// ARGV: now µs, requests per minute, burst, units, hard cap (-1: none), the
-/// durable total to restore a missing counter from (-1: not known yet), the
-/// bucket, the counter field ('' when no quota is charged). Returns
-/// {outcome, tokens, used}: outcome 0 admitted, 1 rate limited, 2 over the
-/// cap, 3 counter missing (call again with the durable total).
-pub const ADMIT: &str = r"
+/// One call settles a lease (hands back unused tokens and units, adds units
+/// served outside leases) and grants it more: the call's own `need` and up
+/// to `want` more, but never more than half of what is left, so that near
+/// the end of a budget leases shrink to one call at a time.
+///
+/// ARGV: 1 now µs, 2 requests per minute, 3 burst, 4 bucket, 5 need, 6 want,
+/// 7 handed back (tokens and units), 8 counter field ('' when no quota is
+/// charged), 9 hard cap (-1: none), 10 durable total to restore a missing
+/// counter from (-1: not known yet), 11 record field, 12 '1' when the record
+/// must exist ('0': it may), 13 this request's id, 14 units to add, 15 lease
+/// lifetime µs, 16 '1' to close the lease (remove its record, and hand back
+/// all it was granted but did not use), 17 units the lease holds before the
+/// grant; when closing, the units it used in all.
+///
+/// Returns {outcome, granted, tokens left (string), used, record kept,
+/// granted to the lease in all (less handed back; -1 without a record)}: a
+/// replica whose earlier answers were lost learns from the last what they
+/// granted.
+/// outcome 0 granted, 1 rate limited, 2 over the cap, 3 counter missing
+/// (call again with the durable total), 4 the record is gone (Redis lost its
+/// data, or the lease was claimed): nothing was changed.
+pub const LEASE: &str = r"
 local now = tonumber(ARGV[1])
 local burst = tonumber(ARGV[3])
-local units = tonumber(ARGV[4])
-local cap = tonumber(ARGV[5])
-local bt = ARGV[7] .. ':t'
-local ba = ARGV[7] .. ':a'
+local bt = ARGV[4] .. ':t'
+local ba = ARGV[4] .. ':a'
+local need = tonumber(ARGV[5])
+local want = tonumber(ARGV[6])
+local ret = tonumber(ARGV[7])
 local qf = ARGV[8]
+local cap = tonumber(ARGV[9])
+local rf = ARGV[11]
 local v
 if qf == '' then
   v = redis.call('HMGET', KEYS[1], bt, ba, 'e')
 else
-  v = redis.call('HMGET', KEYS[1], bt, ba, 'e', qf)
+  v = redis.call('HMGET', KEYS[1], bt, ba, 'e', qf, rf)
 end
 local used = -1
-local seeded = false
+local o = 0
 if qf ~= '' then
   if v[4] then
     used = tonumber(v[4])
   else
-    used = tonumber(ARGV[6])
+    used = tonumber(ARGV[10])
     if used < 0 then
-      return {3, '0', -1}
+      return {3, 0, '0', -1, 0, -1}
     end
-    seeded = true
   end
+  if v[5] then
+    o = tonumber(string.match(v[5], '^(%-?%d+)|'))
+    if ARGV[16] == '1' then
+      -- What Redis counts as granted, which may be more than the replica
+      -- knows of (answers lost), less what it used.
+      ret = math.max(0, o - tonumber(ARGV[17]))
+    end
+  elseif ARGV[12] == '1' then
+    return {4, 0, '0', -1, 0, -1}
+  end
+  used = used - ret + tonumber(ARGV[14])
+  o = o - ret
 end
-local per_micro = tonumber(ARGV[2]) / 60000000
 local tokens = burst
 if v[1] then
-  tokens = math.min(burst, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * per_micro)
+  tokens = math.min(burst, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * tonumber(ARGV[2]) / 60000000)
 end
-local need = math.max(units, 1)
+tokens = math.min(burst, tokens + ret)
 local outcome = 0
-if tokens < need then
+local g = 0
+if need > 0 and tokens < need then
   outcome = 1
-elseif used >= 0 and cap >= 0 and used + need > cap then
+elseif need > 0 and used >= 0 and cap >= 0 and used + need > cap then
   outcome = 2
-end
-local set = {}
-if outcome == 0 and units > 0 then
-  tokens = tokens - units
-  set = {bt, tostring(tokens), ba, ARGV[1]}
+else
+  local more = math.floor(math.max(0, tokens - need) / 2)
+  if used >= 0 and cap >= 0 then
+    more = math.min(more, math.floor(math.max(0, cap - used - need) / 2))
+  end
+  g = need + math.min(want, more)
+  tokens = tokens - g
   if used >= 0 then
-    used = used + units
-    table.insert(set, qf)
-    table.insert(set, used)
+    used = used + g
+    o = o + g
   end
-elseif seeded then
-  set = {qf, used}
 end
-if #set > 0 then
-  -- A hash in use lives on; an idle one goes after a day (its counters
-  -- were written to the database long before).
-  if not v[3] or now > tonumber(v[3]) then
-    table.insert(set, 'e')
-    table.insert(set, now + 3600000000)
-    redis.call('PEXPIRE', KEYS[1], 86400000)
+local set = {bt, tostring(tokens), ba, ARGV[1]}
+local kept = 0
+if used >= 0 then
+  table.insert(set, qf)
+  table.insert(set, used)
+  if ARGV[16] == '1' then
+    redis.call('HDEL', KEYS[1], rf)
+  elseif v[5] or g > 0 then
+    kept = 1
+    table.insert(set, rf)
+    -- %d: concatenation would print large numbers with an exponent.
+    table.insert(set, string.format('%d|%d|%s|%d|%d|%s', o, now + tonumber(ARGV[15]), ARGV[13], g, tonumber(ARGV[17]) + g, qf))
   end
-  redis.call('HSET', KEYS[1], unpack(set))
 end
-return {outcome, tostring(tokens), used}
+-- A hash in use lives on; an idle one goes after a day (its counters were
+-- written to the database long before).
+if not v[3] or now > tonumber(v[3]) then
+  table.insert(set, 'e')
+  table.insert(set, now + 3600000000)
+  redis.call('PEXPIRE', KEYS[1], 86400000)
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if kept == 0 then
+  o = -1
+end
+return {outcome, g, tostring(tokens), used, kept, o}
 ";
 
-/// Adds usage admitted while Redis was away. KEYS[1]: the tenant's hash;
-/// ARGV: counter field, units, durable total (-1: not known yet). Returns
-/// the new total, or -1 when the counter is missing and the durable total
-/// is needed.
-pub const ADD: &str = r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+/// Marks a lease record as claimed, if it is still the one read: KEYS[1] the
+/// tenant's hash, ARGV: the record field, its value as read. Returns 1 when
+/// marked (its owner now finds it gone), 0 when it changed meanwhile.
+pub const CLAIM: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
 end
-local seed = tonumber(ARGV[3])
-if seed < 0 then
-  return -1
-end
-redis.call('HSET', KEYS[1], ARGV[1], seed + tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], 86400000)
-return seed + tonumber(ARGV[2])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], 'c' .. string.sub(ARGV[1], 2), ARGV[2])
+return 1
 ";

@@ -41,6 +41,8 @@ impl TestRedis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // DEBUG SLEEP: a slow Redis, on demand.
+            .args(["--enable-debug-command", "local"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -109,6 +111,8 @@ impl TestRedis {
         let child = Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // DEBUG SLEEP: a slow Redis, on demand.
+            .args(["--enable-debug-command", "local"])
             .stdout(Stdio::null())
             .spawn()
             .expect("restarting redis-server");

@@ -1,0 +1,329 @@
+//! Durable usage in SQL: absolute totals (the embedded limiter's flush) and
+//! increments keyed by their source (a replica's flush, or a claim on a dead
+//! replica's lease), each applied once however often it is retried.
+use async_trait::async_trait;
+
+use super::{Backend, SqlStore, db, int, usage_from_row};
+use crate::{
+    domain::{Result, Timestamp, ids::TenantId, plan::Resource, to_micros},
+    store::{Increment, UsageStore, UsageTotal},
+};
+
+/// PostgreSQL: every total in one statement whatever the batch size, the
+/// columns bound as arrays. A total only ever grows, and an unchanged one
+/// is not rewritten.
+async fn upsert_usage_unnest(pg: &sqlx::PgPool, totals: &[UsageTotal]) -> Result<()> {
+    if totals.is_empty() {
+        return Ok(());
+    }
+    // One row per counter (a statement may not update a row twice): the largest.
+    let mut largest: std::collections::HashMap<_, &UsageTotal> = Default::default();
+    for t in totals {
+        let slot = largest
+            .entry((t.tenant_id, &t.resource, t.period_start))
+            .or_insert(t);
+        if t.used > slot.used {
+            *slot = t;
+        }
+    }
+    let totals: Vec<&UsageTotal> = largest.into_values().collect();
+    let mut tenants = Vec::with_capacity(totals.len());
+    let mut resources = Vec::with_capacity(totals.len());
+    let mut starts = Vec::with_capacity(totals.len());
+    let mut ends = Vec::with_capacity(totals.len());
+    let mut used = Vec::with_capacity(totals.len());
+    for t in totals {
+        tenants.push(t.tenant_id.to_string());
+        resources.push(t.resource.as_str().to_owned());
+        starts.push(to_micros(t.period_start));
+        ends.push(to_micros(t.period_end));
+        used.push(t.used);
+    }
+    sqlx::query(
+        "INSERT INTO usage_counters \
+         (tenant_id, resource, period_start, period_end, used, updated_at) \
+         SELECT t, r, s, e, u, $6 FROM UNNEST($1::text[], $2::text[], $3::bigint[], \
+         $4::bigint[], $5::bigint[]) AS x(t, r, s, e, u) \
+         ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+         used = excluded.used, updated_at = excluded.updated_at \
+         WHERE usage_counters.used < excluded.used",
+    )
+    .bind(tenants)
+    .bind(resources)
+    .bind(starts)
+    .bind(ends)
+    .bind(used)
+    .bind(to_micros(crate::domain::now()))
+    .execute(pg)
+    .await
+    .map_err(db("writing usage", ""))?;
+    Ok(())
+}
+
+/// PostgreSQL: a batch in one statement, the columns bound as arrays; the
+/// counters grow only by the rows this statement inserted.
+async fn add_usage_unnest(
+    pg: &sqlx::PgPool,
+    source: &str,
+    seq: i64,
+    increments: &[Increment],
+) -> Result<()> {
+    let mut leases = Vec::with_capacity(increments.len());
+    let mut tenants = Vec::with_capacity(increments.len());
+    let mut resources = Vec::with_capacity(increments.len());
+    let mut starts = Vec::with_capacity(increments.len());
+    let mut ends = Vec::with_capacity(increments.len());
+    let mut units = Vec::with_capacity(increments.len());
+    for i in increments {
+        leases.push(i.lease);
+        tenants.push(i.tenant_id.to_string());
+        resources.push(i.resource.as_str().to_owned());
+        starts.push(to_micros(i.period_start));
+        ends.push(to_micros(i.period_end));
+        units.push(i.units);
+    }
+    sqlx::query(
+        "WITH added AS ( \
+           INSERT INTO usage_increments \
+           (source, seq, lease, tenant_id, resource, period_start, period_end, units, at) \
+           SELECT $1, $2, l, t, r, s, e, u, $9 FROM UNNEST($3::bigint[], $4::text[], \
+           $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) AS x(l, t, r, s, e, u) \
+           ON CONFLICT DO NOTHING \
+           RETURNING tenant_id, resource, period_start, period_end, units) \
+         INSERT INTO usage_counters \
+         (tenant_id, resource, period_start, period_end, used, updated_at) \
+         SELECT tenant_id, resource, period_start, MAX(period_end), SUM(units), $9 FROM added \
+         GROUP BY tenant_id, resource, period_start \
+         ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+         used = usage_counters.used + excluded.used, updated_at = excluded.updated_at",
+    )
+    .bind(source)
+    .bind(seq)
+    .bind(leases)
+    .bind(tenants)
+    .bind(resources)
+    .bind(starts)
+    .bind(ends)
+    .bind(units)
+    .bind(to_micros(crate::domain::now()))
+    .execute(pg)
+    .await
+    .map_err(db("adding usage", ""))?;
+    Ok(())
+}
+
+/// Records one increment and, when it is new, adds it to its counter.
+async fn add_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    source: &str,
+    seq: i64,
+    i: &Increment,
+    at: i64,
+) -> Result<bool> {
+    let added = sqlx::query(
+        "INSERT INTO usage_increments \
+         (source, seq, lease, tenant_id, resource, period_start, period_end, units, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+    )
+    .bind(source.to_owned())
+    .bind(seq)
+    .bind(i.lease)
+    .bind(i.tenant_id.to_string())
+    .bind(i.resource.as_str().to_owned())
+    .bind(to_micros(i.period_start))
+    .bind(to_micros(i.period_end))
+    .bind(i.units)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("adding usage", ""))?
+    .rows_affected()
+        == 1;
+    if added && i.units != 0 {
+        sqlx::query(
+            "INSERT INTO usage_counters \
+             (tenant_id, resource, period_start, period_end, used, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+             used = usage_counters.used + excluded.used, updated_at = excluded.updated_at",
+        )
+        .bind(i.tenant_id.to_string())
+        .bind(i.resource.as_str().to_owned())
+        .bind(to_micros(i.period_start))
+        .bind(to_micros(i.period_end))
+        .bind(i.units)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("adding usage", ""))?;
+    }
+    Ok(added)
+}
+
+#[async_trait]
+impl UsageStore for SqlStore {
+    async fn add_usage(&self, source: &str, seq: i64, increments: &[Increment]) -> Result<()> {
+        if increments.is_empty() {
+            return Ok(());
+        }
+        if let Some(pg) = &self.pg {
+            return add_usage_unnest(pg, source, seq, increments).await;
+        }
+        let at = to_micros(crate::domain::now());
+        let mut tx = self.pool.begin().await.map_err(db("adding usage", ""))?;
+        for i in increments {
+            add_one(&mut tx, source, seq, i, at).await?;
+        }
+        tx.commit().await.map_err(db("adding usage", ""))
+    }
+
+    async fn claim_lease(&self, source: &str, lease: i64, granted: &Increment) -> Result<i64> {
+        let at = to_micros(crate::domain::now());
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("claiming a lease", ""))?;
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(units), 0) AS BIGINT) AS n FROM usage_increments \
+             WHERE source = $1 AND lease = $2",
+        )
+        .bind(source.to_owned())
+        .bind(lease)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("claiming a lease", ""))?;
+        let written = int(&row, "n")?;
+        let claim = Increment {
+            units: (granted.units - written).max(0),
+            lease,
+            ..granted.clone()
+        };
+        // Keyed by the dead source and its lease: a claim retried (by this
+        // sweeper or another) adds nothing the second time.
+        let added = add_one(&mut tx, &format!("claim:{source}"), 0, &claim, at).await?;
+        tx.commit().await.map_err(db("claiming a lease", ""))?;
+        Ok(if added { claim.units } else { 0 })
+    }
+
+    async fn prune_increments(&self, before: Timestamp) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM usage_increments WHERE at < $1")
+            .bind(to_micros(before))
+            .execute(&self.pool)
+            .await
+            .map_err(db("pruning usage increments", ""))?
+            .rows_affected())
+    }
+
+    async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return upsert_usage_unnest(pg, totals).await;
+        }
+        // Bounded batches keep the statement under both databases' parameter
+        // limits (SQLite: 32766, PostgreSQL: 65535).
+        for chunk in totals.chunks(1000) {
+            let mut sql = String::from(
+                "INSERT INTO usage_counters \
+                 (tenant_id, resource, period_start, period_end, used, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 6;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+            }
+            let greatest = match self.backend {
+                Backend::Postgres => "GREATEST",
+                Backend::Sqlite => "MAX",
+            };
+            sql.push_str(&format!(
+                " ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+                 used = {greatest}(usage_counters.used, excluded.used), \
+                 updated_at = excluded.updated_at"
+            ));
+            let at = to_micros(crate::domain::now());
+            let mut query = sqlx::query(&sql);
+            for t in chunk {
+                query = query
+                    .bind(t.tenant_id.to_string())
+                    .bind(t.resource.as_str().to_owned())
+                    .bind(to_micros(t.period_start))
+                    .bind(to_micros(t.period_end))
+                    .bind(t.used)
+                    .bind(at);
+            }
+            query
+                .execute(&self.pool)
+                .await
+                .map_err(db("writing usage", ""))?;
+        }
+        Ok(())
+    }
+
+    async fn get_usage(
+        &self,
+        tenant_id: TenantId,
+        resource: &Resource,
+        period_start: Timestamp,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT used FROM usage_counters \
+             WHERE tenant_id = $1 AND resource = $2 AND period_start = $3",
+        )
+        .bind(tenant_id.to_string())
+        .bind(resource.as_str().to_owned())
+        .bind(to_micros(period_start))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading usage", ""))?;
+        row.map(|r| int(&r, "used"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn usage_starting_in(
+        &self,
+        tenant_id: TenantId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageTotal>> {
+        sqlx::query(
+            "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
+             WHERE tenant_id = $1 AND period_start >= $2 AND period_start < $3 \
+             ORDER BY resource, period_start",
+        )
+        .bind(tenant_id.to_string())
+        .bind(to_micros(from))
+        .bind(to_micros(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing usage", ""))?
+        .iter()
+        .map(usage_from_row)
+        .collect()
+    }
+
+    async fn list_usage(&self, tenant_id: TenantId, at: Timestamp) -> Result<Vec<UsageTotal>> {
+        sqlx::query(
+            "SELECT tenant_id, resource, period_start, period_end, used FROM usage_counters \
+             WHERE tenant_id = $1 AND period_start <= $2 AND period_end > $2 ORDER BY resource",
+        )
+        .bind(tenant_id.to_string())
+        .bind(to_micros(at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing usage", ""))?
+        .iter()
+        .map(usage_from_row)
+        .collect()
+    }
+}

@@ -1,0 +1,157 @@
+//! The usage half of the storage conformance suite, on every backend:
+//! increments applied once however often a batch is retried, and claims on
+//! a dead replica's lease that add only what it had not written.
+use tollgate::{
+    domain::{now, plan::Resource},
+    store::{Increment, UsageStore},
+};
+
+use crate::helpers::TestDb;
+
+crate::conformance!(
+    a_retried_batch_adds_nothing_twice,
+    a_claim_adds_only_what_the_lease_had_not_written,
+);
+
+async fn counter(db: &TestDb) -> (tollgate::store::sql::SqlStore, Increment) {
+    let store = db.store().await;
+    let (_, tenant) = crate::store::plan_and_tenant(&store).await;
+    let at = now();
+    let increment = Increment {
+        tenant_id: tenant.id,
+        resource: Resource::parse("resource", "calls").unwrap(),
+        period_start: at - time::Duration::days(1),
+        period_end: at + time::Duration::days(29),
+        lease: 1,
+        units: 0,
+    };
+    (store, increment)
+}
+
+async fn total(store: &tollgate::store::sql::SqlStore, i: &Increment) -> i64 {
+    store
+        .get_usage(i.tenant_id, &i.resource, i.period_start)
+        .await
+        .unwrap()
+}
+
+async fn a_retried_batch_adds_nothing_twice(db: TestDb) {
+    let (store, base) = counter(&db).await;
+    let batch = [
+        Increment {
+            lease: 1,
+            units: 7,
+            ..base.clone()
+        },
+        Increment {
+            lease: 2,
+            units: 5,
+            ..base.clone()
+        },
+    ];
+    store.add_usage("replica-a", 1, &batch).await.unwrap();
+    // The same batch again, as after a flush whose answer was lost.
+    store.add_usage("replica-a", 1, &batch).await.unwrap();
+    assert_eq!(total(&store, &base).await, 12);
+    // The next batch, and another replica's batch with the same number.
+    store
+        .add_usage(
+            "replica-a",
+            2,
+            &[Increment {
+                lease: 1,
+                units: 3,
+                ..base.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    store
+        .add_usage(
+            "replica-b",
+            1,
+            &[Increment {
+                lease: 1,
+                units: 4,
+                ..base.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(total(&store, &base).await, 19);
+    // Pruning forgets old increments, not totals.
+    assert!(
+        store
+            .prune_increments(now() + time::Duration::seconds(1))
+            .await
+            .unwrap()
+            >= 4
+    );
+    assert_eq!(total(&store, &base).await, 19);
+}
+
+async fn a_claim_adds_only_what_the_lease_had_not_written(db: TestDb) {
+    let (store, base) = counter(&db).await;
+    // Lease 1 of replica-a was granted 50 units and wrote 30 before dying.
+    store
+        .add_usage(
+            "replica-a",
+            1,
+            &[Increment {
+                lease: 1,
+                units: 20,
+                ..base.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    store
+        .add_usage(
+            "replica-a",
+            2,
+            &[Increment {
+                lease: 1,
+                units: 10,
+                ..base.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    // Another lease's units are not its.
+    store
+        .add_usage(
+            "replica-a",
+            2,
+            &[Increment {
+                lease: 2,
+                units: 6,
+                ..base.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    let granted = Increment {
+        lease: 1,
+        units: 50,
+        ..base.clone()
+    };
+    assert_eq!(
+        store.claim_lease("replica-a", 1, &granted).await.unwrap(),
+        20
+    );
+    assert_eq!(total(&store, &base).await, 56);
+    // Claimed again (a sweeper retrying): nothing more.
+    assert_eq!(
+        store.claim_lease("replica-a", 1, &granted).await.unwrap(),
+        0
+    );
+    assert_eq!(total(&store, &base).await, 56);
+    // A lease that wrote more than it was granted claims nothing.
+    let small = Increment {
+        lease: 2,
+        units: 4,
+        ..base.clone()
+    };
+    assert_eq!(store.claim_lease("replica-a", 2, &small).await.unwrap(), 0);
+    assert_eq!(total(&store, &base).await, 56);
+}
