@@ -448,7 +448,7 @@ struct Figures {
     p50_micros: u64,
     p99_micros: u64,
     /// Calls Redis served meanwhile, by command (INFO, ours, left out).
-    redis: Vec<(String, u64)>,
+    redis: Vec<(String, u64, u64)>,
 }
 
 impl Figures {
@@ -458,8 +458,8 @@ impl Figures {
         let scripts: u64 = self
             .redis
             .iter()
-            .filter(|(name, _)| name == "evalsha" || name == "eval")
-            .map(|(_, calls)| calls)
+            .filter(|(name, _, _)| name == "evalsha" || name == "eval")
+            .map(|(_, calls, _)| calls)
             .sum();
         scripts as f64 / self.calls as f64
     }
@@ -586,8 +586,8 @@ fn redis_pid(url: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// Calls Redis has served so far, by command.
-fn redis_calls(url: &str) -> std::collections::HashMap<String, u64> {
+/// Calls Redis has served so far and the µs it spent in them, by command.
+fn redis_calls(url: &str) -> std::collections::HashMap<String, (u64, u64)> {
     let mut conn = redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .expect("Redis is not reachable: start it or pass --redis-url");
@@ -598,8 +598,13 @@ fn redis_calls(url: &str) -> std::collections::HashMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
+            let field = |key: &str| {
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(key))?
+                    .parse::<u64>()
+                    .ok()
+            };
+            Some((name.to_owned(), (field("calls=")?, field("usec=")?)))
         })
         .collect()
 }
@@ -654,11 +659,11 @@ async fn measured(
     // trips. The flusher's own (ping, mget, scan) run beside the calls.
     f.redis = redis_calls(redis_url)
         .into_iter()
-        .map(|(name, calls)| {
-            let before = redis_before.get(&name).copied().unwrap_or(0);
-            (name, calls - before)
+        .map(|(name, (calls, usec))| {
+            let (c, u) = redis_before.get(&name).copied().unwrap_or((0, 0));
+            (name, calls - c, usec - u)
         })
-        .filter(|(name, n)| *n > 0 && name != "info")
+        .filter(|(name, n, _)| *n > 0 && name != "info")
         .collect();
     f.redis.sort();
     f
@@ -901,26 +906,29 @@ async fn main() {
     .await;
     line("cold tenant at 1 call/s", &cold, &noop_slow);
 
-    let evalsha = basic_peak
-        .redis
-        .iter()
-        .find(|(n, _)| n == "evalsha")
-        .map_or(0, |(_, c)| *c);
-    println!(
-        "\nRedis during the hot tenant BASIC phase: {} Verify calls, {} EVALSHA = {:.4} round trips per call",
-        basic_peak.calls,
-        evalsha,
-        evalsha as f64 / basic_peak.calls as f64,
-    );
-    println!(
-        "  all commandstats deltas (script-internal calls included): {}",
-        basic_peak
+    for (name, f) in [("hot tenant BASIC", &basic_peak), ("long tail", &tail_peak)] {
+        let evalsha = f
             .redis
             .iter()
-            .map(|(n, c)| format!("{n} {c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+            .find(|(n, _, _)| n == "evalsha")
+            .map_or(0, |(_, c, _)| *c);
+        println!(
+            "\nRedis during the {name} phase: {} Verify calls, {} EVALSHA = {:.4} per call",
+            f.calls,
+            evalsha,
+            evalsha as f64 / f.calls as f64,
+        );
+        // Time inside commands only (not protocol or syscalls): where a
+        // script's cost goes, per Verify call.
+        println!(
+            "  commandstats deltas, calls and µs inside per Verify call (a script's own commands count too): {}",
+            f.redis
+                .iter()
+                .map(|(n, c, u)| format!("{n} {c} ({:.2} µs)", *u as f64 / f.calls as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
     drop(target);
     if !o.skip_metrics {

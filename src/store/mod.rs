@@ -137,6 +137,9 @@ pub trait UsageStore: Send + Sync + 'static {
     /// A dead source's lease: adds the units granted to it (`granted`) less
     /// those the source already added from it, once; returns the units added.
     async fn claim_lease(&self, source: &str, lease: i64, granted: &Increment) -> Result<i64>;
+    /// Forgets the increments of `source`'s leases, closed with nothing
+    /// left to claim.
+    async fn forget_leases(&self, source: &str, leases: &[i64]) -> Result<()>;
     /// Forgets increments older than `before`, whose retries are long over.
     async fn prune_increments(&self, before: Timestamp) -> Result<u64>;
     /// Writes absolute totals in one statement; a total never goes down, so

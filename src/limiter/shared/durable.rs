@@ -6,9 +6,10 @@
 //! count as used, less those the replica wrote.
 use std::{sync::Arc, time::Instant};
 
+use futures_util::{StreamExt, stream};
 use redis::AsyncCommands;
 
-use super::{Cell, Shared, renew::Ask, unavailable};
+use super::{Cell, Shared, lease::Record, renew::Ask, unavailable};
 use crate::{
     domain::{Error, Result, now},
     limiter::UsageKey,
@@ -20,6 +21,8 @@ use crate::{
 const CLAIM_GRACE_MICROS: i64 = 5_000_000;
 /// The most a sweep may take before another replica may start one.
 const SWEEP_LOCK_MILLIS: u64 = 30_000;
+/// Leases settled at once at a flush, their calls pipelined.
+const SETTLING_AT_ONCE: usize = 64;
 /// Increments are kept this long for retries and claims to find.
 const KEEP_INCREMENTS: time::Duration = time::Duration::days(2);
 
@@ -178,47 +181,89 @@ impl Shared {
     }
 
     /// Hands back what retired leases hold and removes their records, once
-    /// the units they served are written.
+    /// the units they served are written. A lease holding nothing, whose
+    /// every answer arrived, only needs its record removed (one HDEL in a
+    /// pipeline); the others run the script to hand back what Redis counts
+    /// as theirs, concurrently.
     async fn settle_retired(&self) -> Result<()> {
         let retired = std::mem::take(&mut self.memory().retired);
-        let mut keep = Vec::new();
-        let mut failed = None;
+        let (mut keep, mut plain, mut scripted) = (Vec::new(), Vec::new(), Vec::new());
         for cell in retired {
-            let ask = {
-                let mut l = cell.lease();
-                if l.durable < l.served || l.renewing {
+            let mut l = cell.lease();
+            if l.durable < l.served || l.renewing {
+                drop(l);
+                keep.push(cell);
+                continue;
+            }
+            let give_back = l.give_back + l.held;
+            let recorded = cell.key.quota.is_some() && (l.record == Record::Known || l.doubt);
+            if give_back == 0 && !l.doubt {
+                if recorded {
+                    let field = self.record_field(l.no);
                     drop(l);
-                    keep.push(cell);
-                    continue;
+                    plain.push((cell, field));
                 }
-                let give_back = l.give_back + l.held;
-                // Never asked Redis for anything: nothing to settle.
-                if give_back == 0 && l.request == 0 {
-                    continue;
-                }
-                l.request += 1;
-                Ask {
-                    need: 0,
-                    want: 0,
-                    // Closing: what it used, so Redis hands back the rest.
-                    holding: l.served,
-                    give_back,
-                    close: true,
-                    record: l.record,
-                    request: l.request,
-                    no: l.no,
-                }
+                // Else nothing held and no record: nothing to settle.
+                continue;
+            }
+            l.request += 1;
+            let ask = Ask {
+                need: 0,
+                want: 0,
+                // Closing: what it used, so Redis hands back the rest.
+                holding: l.served,
+                give_back,
+                close: true,
+                record: l.record,
+                request: l.request,
+                no: l.no,
             };
-            match self.run(&cell.key, &ask, -1, 0).await {
+            drop(l);
+            scripted.push((cell, ask));
+        }
+        let mut closed = Vec::new();
+        let mut failed = None;
+        if !plain.is_empty() {
+            let mut pipe = redis::pipe();
+            for (cell, field) in &plain {
+                pipe.hdel(self.tenant_key(cell.key.tenant_id), field)
+                    .ignore();
+            }
+            let mut conn = self.hot.clone();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => closed.extend(plain.into_iter().map(|(cell, _)| cell)),
+                Err(e) => {
+                    failed = Some(format!("Redis: {e}"));
+                    keep.extend(plain.into_iter().map(|(cell, _)| cell));
+                }
+            }
+        }
+        let settled: Vec<(Arc<Cell>, Option<String>)> = stream::iter(scripted)
+            .map(|(cell, ask)| async move {
                 // Settled, or Redis no longer has it (nothing to settle).
-                Ok(_) => {}
-                Err(trouble) => {
-                    failed = Some(trouble.message);
+                let failed = self.run(&cell.key, &ask, -1, 0).await.err();
+                (cell, failed.map(|t| t.message))
+            })
+            .buffer_unordered(SETTLING_AT_ONCE)
+            .collect()
+            .await;
+        for (cell, trouble) in settled {
+            match trouble {
+                None => closed.push(cell),
+                Some(message) => {
+                    failed = Some(message);
                     keep.push(cell);
                 }
             }
         }
         self.memory().retired.extend(keep);
+        // A closed lease can no longer be claimed: its increments are done.
+        let leases: Vec<i64> = closed
+            .iter()
+            .filter(|c| c.key.quota.is_some())
+            .map(|c| c.lease().no)
+            .collect();
+        self.usage.forget_leases(&self.replica, &leases).await?;
         match failed {
             Some(message) => Err(Error::Unavailable(message)),
             None => Ok(()),
@@ -289,9 +334,13 @@ impl Shared {
         let pattern = format!("{}:{{*}}", self.settings.prefix);
         let mut hashes = Vec::new();
         {
+            // A thousand keys a step: the default ten makes a round trip
+            // per ten tenants.
+            let options = redis::ScanOptions::default()
+                .with_pattern(&pattern)
+                .with_count(1000);
             let mut iter: redis::AsyncIter<String> =
-                conn.scan_match(&pattern).await.map_err(unavailable)?;
-            use futures_util::StreamExt;
+                conn.scan_options(options).await.map_err(unavailable)?;
             while let Some(key) = iter.next().await {
                 let key = key.map_err(unavailable)?;
                 if let Some(tenant) = self.parse_tenant_key(&key) {

@@ -19,6 +19,8 @@ use crate::{
 pub const LIFETIME: Duration = Duration::from_secs(2);
 /// A lease asks for this much of its recent demand.
 const DEMAND: Duration = Duration::from_millis(200);
+/// Units a second from which a lease is renewed before it runs out.
+const BUSY: f64 = 10.0;
 /// The most one lease may hold.
 pub const MAX_GRANT: i64 = 1_000_000;
 /// How long a spent quota is answered from memory before Redis is asked
@@ -55,8 +57,10 @@ pub struct Lease {
     /// `held` may be used until then.
     pub expires: Instant,
     pub record: Record,
-    /// The last request sent.
+    /// The last request sent, and whether one since the last answer may
+    /// have been applied with its answer lost.
     pub request: u64,
+    pub doubt: bool,
     pub renewing: bool,
     /// Settled or lost: calls look it up again.
     pub closed: bool,
@@ -103,6 +107,7 @@ impl Lease {
             expires: now,
             record: Record::New,
             request: 0,
+            doubt: false,
             renewing: false,
             closed: false,
             used_seen: 0,
@@ -132,8 +137,11 @@ impl Lease {
                 self.served += units;
             }
             self.last_used = now;
+            // Renewed ahead only when busy: a lease that would sit unused
+            // costs a grant now and a settlement later.
             let want = self.want(now);
             let renew = !self.renewing
+                && self.busy(now)
                 && (self.held < ((want + 1) / 2).max(1)
                     || self.expires.saturating_duration_since(now) < LIFETIME / 4);
             return Take::Admitted { renew };
@@ -150,7 +158,14 @@ impl Lease {
     /// Units to ask for beyond the call at hand: about `DEMAND` of the
     /// recent rate.
     pub fn want(&self, now: Instant) -> i64 {
-        ((self.rate_at(now) * DEMAND.as_secs_f64()).ceil() as i64).clamp(0, MAX_GRANT)
+        // Rounded down: a tenant with a call or two a second asks for none
+        // ahead, as what it would hold would mostly be handed back.
+        ((self.rate_at(now) * DEMAND.as_secs_f64()).floor() as i64).clamp(0, MAX_GRANT)
+    }
+
+    /// At least `BUSY` calls a second lately.
+    fn busy(&self, now: Instant) -> bool {
+        self.rate_at(now) >= BUSY
     }
 
     /// The demand, smoothed over renewals; a window under a tenth of a
@@ -250,6 +265,7 @@ mod tests {
         // 1,000 units in half a second, smoothed with no rate before: 1,000
         // a second, 200 in 200 ms.
         assert_eq!(l.want(now + Duration::from_millis(500)), 200);
+        assert!(l.busy(now + Duration::from_millis(500)));
         l.renewal_sent(now + Duration::from_millis(500));
         assert_eq!(l.rate, 1000.0);
     }

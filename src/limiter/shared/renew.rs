@@ -246,6 +246,7 @@ impl Shared {
                     // It may have run: what it granted, and whether it took
                     // back what was handed back, the next answer tells.
                     l.give_back = 0;
+                    l.doubt = true;
                 }
                 drop(l);
                 cell.renewed.notify_waiters();
@@ -317,6 +318,7 @@ impl Shared {
         let mut l = cell.lease();
         l.renewing = false;
         l.give_back = 0;
+        l.doubt = false;
         l.record = if answer.kept {
             Record::Known
         } else {

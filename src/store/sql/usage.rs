@@ -206,6 +206,27 @@ impl UsageStore for SqlStore {
         Ok(if added { claim.units } else { 0 })
     }
 
+    async fn forget_leases(&self, source: &str, leases: &[i64]) -> Result<()> {
+        // Bounded lists keep the statement under both databases' limits.
+        for chunk in leases.chunks(1000) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("DELETE FROM usage_increments WHERE source = $1 AND lease IN ({list})");
+            let mut query = sqlx::query(&sql).bind(source.to_owned());
+            for lease in chunk {
+                query = query.bind(*lease);
+            }
+            query
+                .execute(&self.pool)
+                .await
+                .map_err(db("forgetting settled leases", ""))?;
+        }
+        Ok(())
+    }
+
     async fn prune_increments(&self, before: Timestamp) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM usage_increments WHERE at < $1")
             .bind(to_micros(before))
