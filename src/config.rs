@@ -56,6 +56,7 @@ pub struct Config {
     pub usage_flush_millis: u64,
     pub usage_sweep_seconds: u64,
     pub redis_url: String,
+    pub redis_cluster: bool,
     pub redis_key_prefix: String,
     pub redis_timeout_millis: u64,
     pub redis_failure: RedisFailure,
@@ -103,6 +104,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The Redis node, or the cluster's seed nodes.
+    pub fn redis_urls(&self) -> Vec<String> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Rejects combinations that cannot work, naming the setting.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.metrics_addr()?;
@@ -121,10 +132,18 @@ impl Config {
             bail!("usage_sweep_seconds must be at least 1");
         }
         if !self.redis_url.is_empty() {
-            if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://"))
+            let urls = self.redis_urls();
+            if urls
+                .iter()
+                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
             {
                 bail!(
                     "redis_url must start with redis:// or rediss://, or be empty for the in-process limiter"
+                );
+            }
+            if urls.len() > 1 && !self.redis_cluster {
+                bail!(
+                    "redis_url names several nodes: set redis_cluster = true for a Redis Cluster, or give one node"
                 );
             }
             if self.database_url.is_empty() {

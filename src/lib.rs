@@ -15,6 +15,7 @@ pub mod metering;
 pub mod polar;
 pub mod replicas;
 pub mod revenue;
+pub mod shared_redis;
 pub mod startup;
 pub mod store;
 pub mod subscriptions;

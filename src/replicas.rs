@@ -4,11 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 
 use crate::{
     catalog::{Change, ChangeListener},
     domain::ids::{KeyId, PlanId, TenantId},
+    shared_redis::RedisConn,
     telemetry::metrics::ChangeMetrics,
     verifier::EntitlementCache,
 };
@@ -37,12 +38,12 @@ fn decode(message: &str) -> Option<Change> {
 
 /// Publishes this replica's changes to the others.
 pub struct ChangeBus {
-    conn: ConnectionManager,
+    conn: RedisConn,
     channel: String,
 }
 
 impl ChangeBus {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str) -> Self {
         Self {
             conn,
             channel: channel(prefix),
@@ -64,17 +65,18 @@ impl ChangeListener for ChangeBus {
 }
 
 /// Applies other replicas' changes to `cache` until the process ends,
-/// resubscribing after a lost connection (and then forgetting everything,
-/// since changes may have been missed meanwhile).
+/// resubscribing after a lost connection, on the next node of `clients`
+/// (and then forgetting everything, since changes may have been missed
+/// meanwhile).
 pub async fn follow(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     prefix: String,
     cache: Arc<EntitlementCache>,
     metrics: ChangeMetrics,
 ) {
     let channel = channel(&prefix);
     let mut lost = false;
-    loop {
+    for client in clients.iter().cycle() {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {

@@ -41,6 +41,7 @@ use crate::{
     metering::Metering,
     replicas::{self, ChangeBus},
     revenue::Revenue,
+    shared_redis::SharedRedis,
     store::{CredentialStore, sql::SqlStore},
     subscriptions::Subscriptions,
     telemetry::metrics::{self, ServerMetrics, UsageMetrics},
@@ -91,41 +92,13 @@ pub async fn seed_admin(config: &Config, store: &dyn CredentialStore) -> anyhow:
     Ok(())
 }
 
-/// The connections to a shared Redis: one multiplexed connection for the
-/// Verify path (a pool's few connections would serialize it) and a pool for
-/// everything else.
-struct SharedRedis {
-    client: redis::Client,
-    hot: redis::aio::ConnectionManager,
-    pool: deadpool_redis::Pool,
-}
-
-async fn connect_redis(config: &Config) -> anyhow::Result<SharedRedis> {
-    let budget = Duration::from_millis(config.redis_timeout_millis);
-    let client = redis::Client::open(config.redis_url.as_str()).context("parsing redis_url")?;
-    let hot = redis::aio::ConnectionManager::new_with_config(
-        client.clone(),
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(budget.max(Duration::from_secs(1)))
-            .set_response_timeout(budget)
-            .set_number_of_retries(1)
-            .set_max_delay(1000),
-    )
-    .await
-    .context("connecting to Redis (redis_url)")?;
-    let pool = deadpool_redis::Config::from_url(config.redis_url.as_str())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .context("creating the Redis pool")?;
-    Ok(SharedRedis { client, hot, pool })
-}
-
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     /// The `/metrics` listener, when `metrics_listen` is set.
     metrics_listener: Option<TcpListener>,
     store: SqlStore,
-    redis: Option<SharedRedis>,
+    redis: Option<Arc<SharedRedis>>,
     config: Config,
 }
 
@@ -138,7 +111,14 @@ impl Application {
         let redis = if config.redis_url.is_empty() {
             None
         } else {
-            Some(connect_redis(&config).await?)
+            Some(Arc::new(
+                SharedRedis::connect(
+                    &config.redis_urls(),
+                    config.redis_cluster,
+                    Duration::from_millis(config.redis_timeout_millis),
+                )
+                .await?,
+            ))
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -194,16 +174,15 @@ impl Application {
             Some(redis) => {
                 let prefix = self.config.redis_key_prefix.clone();
                 catalog =
-                    catalog.with_listener(Arc::new(ChangeBus::new(redis.hot.clone(), &prefix)));
+                    catalog.with_listener(Arc::new(ChangeBus::new(redis.bulk.clone(), &prefix)));
                 follower = Some(tokio::spawn(replicas::follow(
-                    redis.client,
+                    redis.subscribers.clone(),
                     prefix.clone(),
                     cache.clone(),
                     metrics.changes.clone(),
                 )));
                 Arc::new(RedisLimiter::new(
-                    redis.hot,
-                    redis.pool,
+                    redis,
                     store.clone(),
                     RedisSettings {
                         prefix,

@@ -1,11 +1,13 @@
 //! Integration tests: the storage conformance suite (every case on PostgreSQL
 //! and SQLite), the Verify conformance suite (embedded, PostgreSQL, Redis),
-//! replicas sharing Redis, catalog rules, bad input, end-to-end runs of the
-//! real binary with grpcurl and Python grpcio clients, and what operators
-//! rely on: the Helm chart, health checks, metrics and traces.
+//! replicas sharing Redis or a Redis Cluster, catalog rules, bad input,
+//! end-to-end runs of the real binary with grpcurl and Python grpcio clients,
+//! and what operators rely on: the Helm chart, health checks, metrics and
+//! traces.
 mod bad_input;
 mod catalog_rules;
 mod chart;
+mod cluster;
 mod credits;
 mod e2e_grpcurl;
 mod e2e_python;

@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 
 use super::{Cell, Shared, lease::Record, renew::Ask, unavailable};
 use crate::{
-    domain::{Error, Result, now},
+    domain::{Error, Result, ids::TenantId, now},
     limiter::UsageKey,
     store::Increment,
 };
@@ -23,6 +23,8 @@ const CLAIM_GRACE_MICROS: i64 = 5_000_000;
 const SWEEP_LOCK_MILLIS: u64 = 30_000;
 /// Leases settled at once at a flush, their calls pipelined.
 const SETTLING_AT_ONCE: usize = 64;
+/// How often a replica forgets old increments (from an hour after start).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Increments are kept this long for retries and claims to find.
 const KEEP_INCREMENTS: time::Duration = time::Duration::days(2);
 
@@ -81,24 +83,21 @@ impl Shared {
         Ok(written)
     }
 
+    /// Takes idle leases (every lease when `all`) out of use: closed and
+    /// out of the map together, so no call finds one closed and retries.
     fn retire_idle(&self, all: bool) {
         let now = Instant::now();
-        let idle: Vec<Arc<Cell>> = self
-            .leases()
-            .values()
-            .filter(|cell| {
-                let mut l = cell.lease();
-                let idle = all || l.idle(now);
-                if idle {
-                    l.closed = true;
-                }
-                idle
-            })
-            .cloned()
-            .collect();
-        for cell in idle {
-            self.retire(&cell);
-        }
+        let mut idle = Vec::new();
+        self.leases().retain(|_, cell| {
+            let mut l = cell.lease();
+            if all || l.idle(now) {
+                l.closed = true;
+                idle.push(cell.clone());
+                return false;
+            }
+            true
+        });
+        self.memory().retired.extend(idle);
     }
 
     /// Writes the batch in progress, or a new one of every unit served since.
@@ -223,18 +222,24 @@ impl Shared {
         }
         let mut closed = Vec::new();
         let mut failed = None;
-        if !plain.is_empty() {
-            let mut pipe = redis::pipe();
-            for (cell, field) in &plain {
-                pipe.hdel(self.tenant_key(cell.key.tenant_id), field)
-                    .ignore();
-            }
-            let mut conn = self.hot.clone();
-            match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => closed.extend(plain.into_iter().map(|(cell, _)| cell)),
+        // One command each, sent together on the multiplexed connection
+        // (a pipeline would have to stay within one hash slot).
+        let deleted: Vec<(Arc<Cell>, redis::RedisResult<()>)> = stream::iter(plain)
+            .map(|(cell, field)| async move {
+                let mut conn = self.bulk.clone();
+                let hash = self.tenant_key(cell.key.tenant_id);
+                let done = conn.hdel(hash, field).await;
+                (cell, done)
+            })
+            .buffer_unordered(SETTLING_AT_ONCE)
+            .collect()
+            .await;
+        for (cell, done) in deleted {
+            match done {
+                Ok(()) => closed.push(cell),
                 Err(e) => {
                     failed = Some(format!("Redis: {e}"));
-                    keep.extend(plain.into_iter().map(|(cell, _)| cell));
+                    keep.push(cell);
                 }
             }
         }
@@ -293,25 +298,37 @@ impl Shared {
         Ok(live)
     }
 
-    /// Reads the counters' current totals from Redis (`None`: not there).
+    /// Reads the counters' current totals from Redis (`None`: not there),
+    /// once more if the first attempt finds the connection broken (it
+    /// reconnects on its next use, as after a Redis restart).
     async fn read(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.hget(self.tenant_key(k.tenant_id), Self::counter_field(k));
-            }
-            let got: Vec<Option<i64>> = pipe.query_async(&mut *conn).await.map_err(unavailable)?;
-            values.extend(got);
+        match self.read_once(keys).await {
+            Err(Error::Unavailable(_)) => self.read_once(keys).await,
+            read => read,
         }
-        Ok(values)
+    }
+
+    async fn read_once(&self, keys: &[UsageKey]) -> Result<Vec<Option<i64>>> {
+        let fields: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (self.tenant_key(k.tenant_id), Self::counter_field(k)))
+            .collect();
+        stream::iter(fields)
+            .map(|(hash, field)| {
+                let mut conn = self.bulk.clone();
+                async move { conn.hget(hash, field).await.map_err(unavailable) }
+            })
+            .buffered(SETTLING_AT_ONCE)
+            .collect::<Vec<Result<Option<i64>>>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Claims the expired records of other replicas' leases, one replica
     /// at a time (a lock in Redis).
     async fn sweep(&self) -> Result<usize> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let mut conn = self.bulk.clone();
         let lock = format!("{}:sweep", self.settings.prefix);
         let locked: Option<String> = redis::cmd("SET")
             .arg(&lock)
@@ -319,28 +336,29 @@ impl Shared {
             .arg("NX")
             .arg("PX")
             .arg(SWEEP_LOCK_MILLIS)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         if locked.is_none() {
             return Ok(0);
         }
-        let swept = self.sweep_locked(&mut conn).await;
+        let swept = self.sweep_locked().await;
         let _: redis::RedisResult<()> = conn.del(&lock).await;
         swept
     }
 
-    async fn sweep_locked(&self, conn: &mut deadpool_redis::Connection) -> Result<usize> {
+    /// Every tenant's hash, on every master.
+    async fn tenant_hashes(&self) -> Result<Vec<(String, TenantId)>> {
         let pattern = format!("{}:{{*}}", self.settings.prefix);
         let mut hashes = Vec::new();
-        {
+        for mut master in self.redis.masters().await.map_err(unavailable)? {
             // A thousand keys a step: the default ten makes a round trip
             // per ten tenants.
             let options = redis::ScanOptions::default()
                 .with_pattern(&pattern)
                 .with_count(1000);
             let mut iter: redis::AsyncIter<String> =
-                conn.scan_options(options).await.map_err(unavailable)?;
+                master.scan_options(options).await.map_err(unavailable)?;
             while let Some(key) = iter.next().await {
                 let key = key.map_err(unavailable)?;
                 if let Some(tenant) = self.parse_tenant_key(&key) {
@@ -348,67 +366,88 @@ impl Shared {
                 }
             }
         }
+        Ok(hashes)
+    }
+
+    async fn sweep_locked(&self) -> Result<usize> {
+        let hashes = self.tenant_hashes().await?;
         let at = crate::domain::to_micros(now());
+        let all: Vec<Result<Found>> = stream::iter(hashes)
+            .map(|(hash, tenant)| async move {
+                let mut conn = self.bulk.clone();
+                let fields = conn.hgetall(&hash).await.map_err(unavailable)?;
+                Ok(((hash, tenant), fields))
+            })
+            .buffered(SETTLING_AT_ONCE)
+            .collect()
+            .await;
+        let mut conn = self.bulk.clone();
         let mut claimed = 0;
-        for chunk in hashes.chunks(100) {
-            let mut pipe = redis::pipe();
-            for (key, _) in chunk {
-                pipe.hgetall(key);
-            }
-            let all: Vec<Vec<(String, String)>> =
-                pipe.query_async(&mut **conn).await.map_err(unavailable)?;
-            for ((hash, tenant), fields) in chunk.iter().zip(all) {
-                for (field, value) in fields {
-                    let Some(record) = Claimable::parse(&field, &value, *tenant) else {
-                        continue;
-                    };
-                    if record.source == self.replica {
-                        continue;
-                    }
-                    let marked = if record.marked {
-                        true
-                    } else if record.expires + CLAIM_GRACE_MICROS < at {
-                        let n: i64 = self
-                            .claim
-                            .key(hash)
-                            .arg(&field)
-                            .arg(&value)
-                            .invoke_async(&mut **conn)
-                            .await
-                            .map_err(unavailable)?;
-                        n == 1
-                    } else {
-                        false
-                    };
-                    if !marked {
-                        continue;
-                    }
-                    let units = self
-                        .usage
-                        .claim_lease(
-                            &record.source,
-                            record.lease,
-                            &increment(&record.counter, record.lease, record.granted),
-                        )
-                        .await?;
-                    tracing::info!(
-                        replica = record.source,
-                        lease = record.lease,
-                        tenant_id = %record.counter.tenant_id,
-                        units,
-                        unused_at_most = record.held_after_grant,
-                        "a dead replica's lease claimed: its units not yet written count as used"
-                    );
-                    let done = format!("c{}", &field[1..]);
-                    let _: () = conn.hdel(hash, done).await.map_err(unavailable)?;
-                    claimed += 1;
+        for found in all {
+            let ((hash, tenant), fields) = found?;
+            for (field, value) in fields {
+                let Some(record) = Claimable::parse(&field, &value, tenant) else {
+                    continue;
+                };
+                if record.source == self.replica {
+                    continue;
                 }
+                let marked = if record.marked {
+                    true
+                } else if record.expires + CLAIM_GRACE_MICROS < at {
+                    let n: i64 = self
+                        .claim
+                        .key(&hash)
+                        .arg(&field)
+                        .arg(&value)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    n == 1
+                } else {
+                    false
+                };
+                if !marked {
+                    continue;
+                }
+                let units = self
+                    .usage
+                    .claim_lease(
+                        &record.source,
+                        record.lease,
+                        &increment(&record.counter, record.lease, record.granted),
+                    )
+                    .await?;
+                tracing::info!(
+                    replica = record.source,
+                    lease = record.lease,
+                    tenant_id = %record.counter.tenant_id,
+                    units,
+                    unused_at_most = record.held_after_grant,
+                    "a dead replica's lease claimed: its units not yet written count as used"
+                );
+                let done = format!("c{}", &field[1..]);
+                let _: () = conn.hdel(&hash, done).await.map_err(unavailable)?;
+                claimed += 1;
             }
         }
-        self.usage.prune_increments(now() - KEEP_INCREMENTS).await?;
+        let prune_due = {
+            let mut memory = self.memory();
+            let due = memory.last_prune.elapsed() >= PRUNE_EVERY;
+            if due {
+                memory.last_prune = Instant::now();
+            }
+            due
+        };
+        if prune_due {
+            self.usage.prune_increments(now() - KEEP_INCREMENTS).await?;
+        }
         Ok(claimed)
     }
 }
+
+/// A tenant's hash and its fields, as the sweep read them.
+type Found = ((String, TenantId), Vec<(String, String)>);
 
 /// A lease record found by the sweep (`l:` live, `c:` marked claimed).
 struct Claimable {
@@ -424,7 +463,7 @@ struct Claimable {
 }
 
 impl Claimable {
-    fn parse(field: &str, value: &str, tenant: crate::domain::ids::TenantId) -> Option<Self> {
+    fn parse(field: &str, value: &str, tenant: TenantId) -> Option<Self> {
         let (marked, rest) = match field.split_at_checked(2)? {
             ("l:", rest) => (false, rest),
             ("c:", rest) => (true, rest),

@@ -17,8 +17,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use tokio::sync::Notify;
 
 use super::{Admission, Admitted, Decision, Limiter, UsageKey};
@@ -31,6 +30,7 @@ use crate::{
         to_micros,
         verify::{Bucket, Period},
     },
+    shared_redis::{RedisConn, SharedRedis},
     store::UsageStore,
     telemetry::metrics::{RedisMetrics, UsageMetrics},
 };
@@ -55,6 +55,23 @@ pub struct RedisSettings {
     pub sweep_every: Duration,
 }
 
+impl Memory {
+    fn new() -> Self {
+        Self {
+            fallback: HashMap::new(),
+            open_served: HashMap::new(),
+            readd: HashMap::new(),
+            retired: Vec::new(),
+            batch: None,
+            next_seq: 0,
+            failing_open_since: None,
+            uncertain: 0,
+            last_sweep: None,
+            last_prune: Instant::now(),
+        }
+    }
+}
+
 /// One lease and the calls waiting for its renewal.
 struct Cell {
     key: LeaseKey,
@@ -68,7 +85,6 @@ impl Cell {
     }
 }
 
-#[derive(Default)]
 struct Memory {
     /// Failing open: in-process buckets.
     fallback: HashMap<String, Bucket>,
@@ -87,11 +103,14 @@ struct Memory {
     /// Calls that failed after reaching Redis, which may have counted them.
     uncertain: u64,
     last_sweep: Option<Instant>,
+    last_prune: Instant,
 }
 
 struct Shared {
-    hot: ConnectionManager,
-    pool: Pool,
+    /// `hot` for the Verify path, `bulk` for the rest.
+    hot: RedisConn,
+    bulk: RedisConn,
+    redis: Arc<SharedRedis>,
     usage: Arc<dyn UsageStore>,
     settings: RedisSettings,
     lease: Script,
@@ -122,16 +141,16 @@ enum Next<'a> {
 
 impl RedisLimiter {
     pub fn new(
-        hot: ConnectionManager,
-        pool: Pool,
+        redis: Arc<SharedRedis>,
         usage: Arc<dyn UsageStore>,
         settings: RedisSettings,
         (metrics, usage_metrics): (RedisMetrics, UsageMetrics),
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                hot,
-                pool,
+                hot: redis.hot.clone(),
+                bulk: redis.bulk.clone(),
+                redis,
                 usage,
                 settings,
                 lease: Script::new(LEASE),
@@ -139,7 +158,7 @@ impl RedisLimiter {
                 replica: uuid::Uuid::now_v7().simple().to_string(),
                 next_lease: AtomicI64::new(1),
                 leases: Mutex::default(),
-                memory: Mutex::default(),
+                memory: Mutex::new(Memory::new()),
                 slow_streak: AtomicU32::new(0),
                 down: AtomicBool::new(false),
                 metrics,

@@ -1,8 +1,10 @@
 //! Test harness: a fresh database per test (PostgreSQL or SQLite), the server
-//! in-process or as the real binary (`process`), Redis (`redis_server`), and the
-//! Python tools (`python`: grpcurl, grpcio and the rest).
+//! in-process or as the real binary (`process`), Redis (`redis_server`), a
+//! Redis Cluster (`redis_cluster`), and the Python tools (`python`: grpcurl,
+//! grpcio and the rest).
 mod process;
 mod python;
+mod redis_cluster;
 mod redis_server;
 
 use tollgate::{
@@ -22,6 +24,7 @@ pub use process::{
     Server, free_port, http_get, run_tollgate, serving, spawn_listening, tollgate, wait_serving,
 };
 pub use python::{grpcurl, python_script, venv};
+pub use redis_cluster::TestRedisCluster;
 pub use redis_server::TestRedis;
 
 pub const PG_HINT: &str = "PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres): start it (pg_ctlcluster 15 main start) or set TOLLGATE_TEST_POSTGRES_URL";
