@@ -175,6 +175,10 @@ async fn start(o: &Options, token: &str, prefix: &str, metrics: bool) -> Target 
         .env("TOLLGATE_ADMIN_TOKEN", token)
         .env("TOLLGATE_REDIS_KEY_PREFIX", prefix)
         .env("TOLLGATE_LOG_FILTER", "warn")
+        // Keys stay cached through every phase: the long tail measures the
+        // limiter's cost for cold tenants, not key reloads (a key's entry is
+        // otherwise read again from PostgreSQL after 5 s).
+        .env("TOLLGATE_KEY_CACHE_SECONDS", "600")
         .env(
             "TOLLGATE_METRICS_LISTEN",
             metrics_addr.clone().unwrap_or_default(),
@@ -797,7 +801,7 @@ async fn main() {
     }
 
     println!(
-        "tollgate loadgen: {} connections x {} in flight, {} s per phase, server {} (release), PostgreSQL + Redis",
+        "tollgate loadgen: {} connections x {} in flight, {} s per phase, server {} (release, key_cache_seconds 600), PostgreSQL + Redis",
         o.connections, o.in_flight, o.seconds, target.addr
     );
     let mut sizes = Vec::new();
