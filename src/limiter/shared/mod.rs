@@ -35,6 +35,7 @@ use crate::{
     telemetry::metrics::{RedisMetrics, UsageMetrics},
 };
 
+mod batch;
 mod durable;
 mod lease;
 mod outage;
@@ -114,6 +115,9 @@ struct Shared {
     usage: Arc<dyn UsageStore>,
     settings: RedisSettings,
     lease: Script,
+    /// Shares lease calls' round trips, on one node (a cluster's would
+    /// span slots).
+    batcher: Option<Arc<batch::Batcher>>,
     claim: Script,
     /// This process, in lease records and as the source of its increments.
     replica: String,
@@ -146,6 +150,10 @@ impl RedisLimiter {
         settings: RedisSettings,
         (metrics, usage_metrics): (RedisMetrics, UsageMetrics),
     ) -> Self {
+        let batcher = match &redis.hot {
+            RedisConn::Node(_) => Some(Arc::new(batch::Batcher::new(redis.hot.clone()))),
+            RedisConn::Cluster(_) => None,
+        };
         Self {
             shared: Arc::new(Shared {
                 hot: redis.hot.clone(),
@@ -154,6 +162,7 @@ impl RedisLimiter {
                 usage,
                 settings,
                 lease: Script::new(LEASE),
+                batcher,
                 claim: Script::new(CLAIM),
                 replica: uuid::Uuid::now_v7().simple().to_string(),
                 next_lease: AtomicI64::new(1),

@@ -7,6 +7,8 @@ use std::{
     time::Instant,
 };
 
+use redis::ToRedisArgs;
+
 use super::{
     Cell, SLOW_STREAK_DOWN, Shared,
     lease::{self, LeaseKey, Record},
@@ -94,39 +96,68 @@ impl Shared {
     ) -> Result<Answer, Trouble> {
         let counter = key.quota.as_ref().map(|(k, _)| Self::counter_field(k));
         let cap = key.quota.as_ref().and_then(|(_, cap)| *cap).unwrap_or(-1);
-        let mut call = self.lease.key(self.tenant_key(key.tenant_id));
-        call.arg(to_micros(crate::domain::now()))
-            .arg(key.rate.requests_per_minute)
-            .arg(key.rate.burst)
-            .arg(&key.bucket)
-            .arg(ask.need)
-            .arg(ask.want)
-            .arg(ask.give_back)
-            .arg(counter.as_deref().unwrap_or(""))
-            .arg(cap)
-            .arg(seed)
-            .arg(self.record_field(ask.no))
-            .arg(match ask.record {
-                Record::Known => "1",
-                Record::New => "0",
-            })
-            .arg(ask.request)
-            .arg(add)
-            .arg(lease::LIFETIME.as_micros() as i64)
-            .arg(if ask.close { "1" } else { "0" })
-            .arg(ask.holding);
-        let mut conn = self.hot.clone();
+        let record = match ask.record {
+            Record::Known => "1",
+            Record::New => "0",
+        };
+        let close = if ask.close { "1" } else { "0" };
+        let args: Vec<Vec<u8>> = [
+            to_micros(crate::domain::now()).to_redis_args(),
+            key.rate.requests_per_minute.to_redis_args(),
+            key.rate.burst.to_redis_args(),
+            key.bucket.to_redis_args(),
+            ask.need.to_redis_args(),
+            ask.want.to_redis_args(),
+            ask.give_back.to_redis_args(),
+            counter.as_deref().unwrap_or("").to_redis_args(),
+            cap.to_redis_args(),
+            seed.to_redis_args(),
+            self.record_field(ask.no).to_redis_args(),
+            record.to_redis_args(),
+            ask.request.to_redis_args(),
+            add.to_redis_args(),
+            (lease::LIFETIME.as_micros() as i64).to_redis_args(),
+            close.to_redis_args(),
+            ask.holding.to_redis_args(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let hash = self.tenant_key(key.tenant_id);
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.settings.budget, call.invoke_async(&mut conn)).await;
+        let answer = match &self.batcher {
+            // One node: shares the round trip with the calls around it.
+            Some(batcher) => tokio::time::timeout(self.settings.budget, batcher.call(hash, args))
+                .await
+                .map(|r| r.map_err(|f| (f.message, f.timeout, f.refused))),
+            None => {
+                let mut call = self.lease.key(hash);
+                for a in &args {
+                    call.arg(a.as_slice());
+                }
+                let mut conn = self.hot.clone();
+                tokio::time::timeout(self.settings.budget, call.invoke_async(&mut conn))
+                    .await
+                    .map(|r| {
+                        r.map_err(|e| {
+                            (
+                                format!("Redis: {e}"),
+                                e.is_timeout(),
+                                e.is_connection_refusal(),
+                            )
+                        })
+                    })
+            }
+        };
         self.metrics
             .call_seconds
             .observe(started.elapsed().as_secs_f64());
         let reply: (i64, i64, String, i64, i64, i64) = match answer {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) if !e.is_timeout() => {
+            Ok(Err((message, false, refused))) => {
                 return Err(Trouble {
-                    message: format!("Redis: {e}"),
-                    not_run: e.is_connection_refusal(),
+                    message,
+                    not_run: refused,
                     slow: false,
                 });
             }
