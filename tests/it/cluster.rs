@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{Server, TestDb, TestRedisCluster, run_tollgate},
-    replicas::{channel, tenant_usage, verify_on},
+    replicas::{channel, stored_exactly, tenant_usage, verify_on},
     verify::{drain_to_cap, setup_on},
 };
 
@@ -63,26 +63,6 @@ impl OnRedisCluster {
         }
         (servers, channels)
     }
-
-    /// Waits until the database holds `expected` for the tenant, and never more.
-    async fn stored_exactly(&self, tenant_id: &str, expected: i64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let stored = tenant_usage(&self.db, tenant_id).await;
-            assert!(
-                stored <= expected,
-                "tenant {tenant_id}: stored {stored}, more than the {expected} served"
-            );
-            if stored == expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tenant {tenant_id}: stored {stored} of {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +80,7 @@ async fn three_replicas_on_a_redis_cluster_admit_exactly_the_hard_cap() {
     .await;
     let valid = drain_to_cap(&channels, &cluster.token, &secret, 64).await;
     assert_eq!(valid, 10_000, "three replicas admit exactly the hard cap");
-    cluster.stored_exactly(&tenant_id, 10_000).await;
+    stored_exactly(&cluster.db, &tenant_id, 10_000).await;
     for r in replicas {
         r.stop();
     }
@@ -148,7 +128,7 @@ async fn tenants_spread_over_every_master_keep_their_caps() {
         "tenant keys on every master: {keys:?}"
     );
     for (_, tenant_id) in &tenants {
-        cluster.stored_exactly(tenant_id, 50).await;
+        stored_exactly(&cluster.db, tenant_id, 50).await;
     }
     for r in replicas {
         r.stop();

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{Server, TestRedis, with_token},
-    replicas::{Cluster, channel, tenant_usage, verify_on},
+    replicas::{Cluster, channel, stored_exactly, verify_on},
     verify::setup_on,
 };
 
@@ -134,23 +134,6 @@ async fn drain_retrying(
     unavailable
 }
 
-/// Waits until the database holds `expected` for the tenant, and never more.
-async fn stored_exactly(cluster: &Cluster, tenant_id: &str, expected: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stored = tenant_usage(&cluster.db, tenant_id).await;
-        assert!(
-            stored <= expected,
-            "stored {stored}, more than the {expected} served"
-        );
-        if stored == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "stored {stored} of {expected}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Three replicas on the default 50 ms Redis budget drain a hard cap of
 /// 10,000 with 64 callers while `trouble` strikes Redis at 3,000 VALID.
 async fn exact_through(trouble: impl FnOnce(&mut TestRedis) + Send + 'static) {
@@ -181,7 +164,7 @@ async fn exact_through(trouble: impl FnOnce(&mut TestRedis) + Send + 'static) {
     let valid = valid.load(Ordering::Relaxed);
     eprintln!("{valid} VALID, {unavailable} calls refused as unavailable meanwhile");
     assert_eq!(valid, 10_000, "exactly the hard cap");
-    stored_exactly(&cluster, &tenant_id, 10_000).await;
+    stored_exactly(&cluster.db, &tenant_id, 10_000).await;
     for s in servers {
         s.stop();
     }
@@ -236,7 +219,7 @@ async fn redis_killed_and_restarted_empty_loses_no_usage_and_keeps_the_cap() {
     let valid = valid.load(Ordering::Relaxed);
     eprintln!("{valid} VALID on a hard cap of 3,000 across a Redis restarted empty");
     assert!(valid <= 3_000, "{valid} VALID passed the hard cap of 3,000");
-    stored_exactly(&cluster, &tenant_id, valid as i64).await;
+    stored_exactly(&cluster.db, &tenant_id, valid as i64).await;
     for s in servers {
         s.stop();
     }

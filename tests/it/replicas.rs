@@ -106,6 +106,26 @@ pub async fn tenant_usage(db: &TestDb, tenant_id: &str) -> i64 {
     row.try_get("n").unwrap()
 }
 
+/// Waits until the database holds `expected` for the tenant, and never more.
+pub async fn stored_exactly(db: &TestDb, tenant_id: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = tenant_usage(db, tenant_id).await;
+        assert!(
+            stored <= expected,
+            "tenant {tenant_id}: stored {stored}, more than the {expected} served"
+        );
+        if stored == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tenant {tenant_id}: stored {stored} of {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_exactly_the_hard_cap() {
     let cluster = Cluster::new().await;
