@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{Server, TestDb, TestRedisCluster, run_tollgate},
-    replicas::{channel, stored_exactly, tenant_usage, verify_on},
+    replicas::{channel, channels, stored_exactly, tenant_usage, verify_on},
     verify::{drain_to_cap, setup_on},
 };
 
@@ -57,10 +57,7 @@ impl OnRedisCluster {
 
     async fn replicas(&self, n: usize) -> (Vec<Server>, Vec<Channel>) {
         let servers: Vec<Server> = (0..n).map(|_| self.replica(&[])).collect();
-        let mut channels = Vec::new();
-        for s in &servers {
-            channels.push(channel(s).await);
-        }
+        let channels = channels(&servers).await;
         (servers, channels)
     }
 }

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{Server, TestRedis, with_token},
-    replicas::{Cluster, channel, stored_exactly, verify_on},
+    replicas::{Cluster, channels, stored_exactly, verify_on},
     verify::setup_on,
 };
 
@@ -29,10 +29,7 @@ async fn replicas(
     settings: &[(&str, &str)],
 ) -> (Vec<Server>, Vec<Channel>) {
     let servers: Vec<Server> = (0..n).map(|_| cluster.replica(settings)).collect();
-    let mut channels = Vec::new();
-    for s in &servers {
-        channels.push(channel(s).await);
-    }
+    let channels = channels(&servers).await;
     (servers, channels)
 }
 
@@ -135,8 +132,15 @@ async fn drain_retrying(
 }
 
 /// Three replicas on the default 50 ms Redis budget drain a hard cap of
-/// 10,000 with 64 callers while `trouble` strikes Redis at 3,000 VALID.
-async fn exact_through(trouble: impl FnOnce(&mut TestRedis) + Send + 'static) {
+/// `cap` with `clients` callers while `trouble` strikes their own Redis at
+/// `strike_at` VALID; returns the VALID count once the database holds
+/// exactly that (never more).
+async fn drain_while_redis_struck(
+    cap: i64,
+    clients: usize,
+    strike_at: u64,
+    trouble: impl FnOnce(&mut TestRedis) + Send + 'static,
+) -> u64 {
     let mut cluster = Cluster::with_redis(TestRedis::own()).await;
     let (servers, channels) =
         replicas(&cluster, 3, &[("TOLLGATE_REDIS_TIMEOUT_MILLIS", "50")]).await;
@@ -145,7 +149,7 @@ async fn exact_through(trouble: impl FnOnce(&mut TestRedis) + Send + 'static) {
         &cluster.token,
         1_000_000_000,
         1_000_000_000,
-        10_000,
+        cap,
         1,
     )
     .await;
@@ -153,76 +157,56 @@ async fn exact_through(trouble: impl FnOnce(&mut TestRedis) + Send + 'static) {
     let mut redis = cluster.take_redis();
     let watched = valid.clone();
     let striker = tokio::task::spawn_blocking(move || {
-        while watched.load(Ordering::Relaxed) < 3_000 {
+        while watched.load(Ordering::Relaxed) < strike_at {
             std::thread::sleep(Duration::from_millis(1));
         }
         trouble(&mut redis);
         redis
     });
-    let unavailable = drain_retrying(&channels, &cluster.token, &secret, 64, valid.clone()).await;
+    let unavailable =
+        drain_retrying(&channels, &cluster.token, &secret, clients, valid.clone()).await;
     let _redis = striker.await.unwrap();
     let valid = valid.load(Ordering::Relaxed);
-    eprintln!("{valid} VALID, {unavailable} calls refused as unavailable meanwhile");
-    assert_eq!(valid, 10_000, "exactly the hard cap");
-    stored_exactly(&cluster.db, &tenant_id, 10_000).await;
+    eprintln!(
+        "{valid} VALID on a hard cap of {cap}, {unavailable} calls refused as unavailable meanwhile"
+    );
+    stored_exactly(&cluster.db, &tenant_id, valid as i64).await;
     for s in servers {
         s.stop();
     }
+    valid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_cap_stays_exact_while_redis_sleeps() {
-    exact_through(|redis| {
+    let valid = drain_while_redis_struck(10_000, 64, 3_000, |redis| {
         let _: () = redis.command(&["DEBUG", "SLEEP", "0.2"]);
     })
     .await;
+    assert_eq!(valid, 10_000, "exactly the hard cap");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_cap_stays_exact_while_redis_stops_for_a_second() {
-    exact_through(|redis| {
+    let valid = drain_while_redis_struck(10_000, 64, 3_000, |redis| {
         redis.freeze(true);
         std::thread::sleep(Duration::from_secs(1));
         redis.freeze(false);
     })
     .await;
+    assert_eq!(valid, 10_000, "exactly the hard cap");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_empty_loses_no_usage_and_keeps_the_cap() {
-    let mut cluster = Cluster::with_redis(TestRedis::own()).await;
-    let (servers, channels) =
-        replicas(&cluster, 3, &[("TOLLGATE_REDIS_TIMEOUT_MILLIS", "50")]).await;
-    let (secret, _, tenant_id) = setup_on(
-        channels[0].clone(),
-        &cluster.token,
-        1_000_000_000,
-        1_000_000_000,
-        3_000,
-        1,
-    )
-    .await;
-    let valid = Arc::new(AtomicU64::new(0));
-    let mut redis = cluster.take_redis();
-    let watched = valid.clone();
-    let striker = tokio::task::spawn_blocking(move || {
-        while watched.load(Ordering::Relaxed) < 1_000 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    // The database ends holding exactly the VALID answers.
+    let valid = drain_while_redis_struck(3_000, 16, 1_000, |redis| {
         redis.stop();
         std::thread::sleep(Duration::from_secs(1));
         redis.restart();
-        redis
-    });
-    drain_retrying(&channels, &cluster.token, &secret, 16, valid.clone()).await;
-    let _redis = striker.await.unwrap();
-    let valid = valid.load(Ordering::Relaxed);
-    eprintln!("{valid} VALID on a hard cap of 3,000 across a Redis restarted empty");
+    })
+    .await;
     assert!(valid <= 3_000, "{valid} VALID passed the hard cap of 3,000");
-    stored_exactly(&cluster.db, &tenant_id, valid as i64).await;
-    for s in servers {
-        s.stop();
-    }
 }
 
 /// Polls `channel` until it answers `expected` instead of `before`; fails

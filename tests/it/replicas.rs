@@ -80,6 +80,15 @@ pub async fn channel(server: &Server) -> Channel {
         .expect("connecting to a replica")
 }
 
+/// A channel to each of `servers`, in order.
+pub async fn channels(servers: &[Server]) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for s in servers {
+        channels.push(channel(s).await);
+    }
+    channels
+}
+
 pub async fn verify_on(
     channel: &Channel,
     token: &str,
@@ -130,10 +139,7 @@ pub async fn stored_exactly(db: &TestDb, tenant_id: &str, expected: i64) {
 async fn three_replicas_admit_exactly_the_hard_cap() {
     let cluster = Cluster::new().await;
     let replicas: Vec<Server> = (0..3).map(|_| cluster.replica(&[])).collect();
-    let mut channels = Vec::new();
-    for r in &replicas {
-        channels.push(channel(r).await);
-    }
+    let channels = channels(&replicas).await;
     let (secret, _, tenant_id) = setup_on(
         channels[0].clone(),
         &cluster.token,
