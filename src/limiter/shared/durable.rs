@@ -188,7 +188,7 @@ impl Shared {
         let retired = std::mem::take(&mut self.memory().retired);
         let (mut keep, mut plain, mut scripted) = (Vec::new(), Vec::new(), Vec::new());
         for cell in retired {
-            let mut l = cell.lease();
+            let l = cell.lease();
             if l.durable < l.served || l.renewing {
                 drop(l);
                 keep.push(cell);
@@ -205,7 +205,6 @@ impl Shared {
                 // Else nothing held and no record: nothing to settle.
                 continue;
             }
-            l.request += 1;
             let ask = Ask {
                 need: 0,
                 want: 0,
@@ -214,8 +213,7 @@ impl Shared {
                 give_back,
                 close: true,
                 record: l.record,
-                request: l.request,
-                no: l.no,
+                push_expiry: false,
             };
             drop(l);
             scripted.push((cell, ask));
@@ -246,7 +244,7 @@ impl Shared {
         let settled: Vec<(Arc<Cell>, Option<String>)> = stream::iter(scripted)
             .map(|(cell, ask)| async move {
                 // Settled, or Redis no longer has it (nothing to settle).
-                let failed = self.run(&cell.key, &ask, -1, 0).await.err();
+                let failed = self.run(&cell, &ask, -1, 0).await.err();
                 (cell, failed.map(|t| t.message))
             })
             .buffer_unordered(SETTLING_AT_ONCE)
@@ -470,10 +468,10 @@ impl Claimable {
             _ => return None,
         };
         let (source, lease) = rest.rsplit_once(':')?;
-        let mut parts = value.splitn(6, '|');
+        let mut parts = value.splitn(4, '|');
         let granted = parts.next()?.parse().ok()?;
         let expires = parts.next()?.parse().ok()?;
-        let held_after_grant = parts.nth(2)?.parse().ok()?;
+        let held_after_grant = parts.next()?.parse().ok()?;
         let counter = Shared::parse_counter_field(tenant, parts.next()?)?;
         Some(Self {
             source: source.to_owned(),

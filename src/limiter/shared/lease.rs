@@ -18,11 +18,17 @@ use crate::{
 /// back in the bucket and a live one settles at least this often.
 pub const LIFETIME: Duration = Duration::from_secs(2);
 /// A lease asks for this much of its recent demand.
-const DEMAND: Duration = Duration::from_millis(200);
+const DEMAND: Duration = Duration::from_millis(250);
+/// Calls a lease must expect in its lifetime before it holds any ahead:
+/// fewer, and what it held would often expire unused and be handed back
+/// (a round trip to Redis for nothing).
+const AHEAD_FROM: f64 = 4.0;
 /// Units a second from which a lease is renewed before it runs out.
 const BUSY: f64 = 10.0;
 /// The most one lease may hold.
 pub const MAX_GRANT: i64 = 1_000_000;
+/// How often a lease pushes its hash's expiry (a day) back.
+const PUSH_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 /// How long a spent quota is answered from memory before Redis is asked
 /// again (another replica may have handed units back).
 const SPENT_FOR: Duration = Duration::from_millis(250);
@@ -57,10 +63,11 @@ pub struct Lease {
     /// `held` may be used until then.
     pub expires: Instant,
     pub record: Record,
-    /// The last request sent, and whether one since the last answer may
-    /// have been applied with its answer lost.
-    pub request: u64,
+    /// A call since the last answer may have been applied with its answer
+    /// lost.
     pub doubt: bool,
+    /// When a call last pushed the hash's expiry back.
+    pub expiry_pushed: Option<Instant>,
     pub renewing: bool,
     /// Settled or lost: calls look it up again.
     pub closed: bool,
@@ -106,8 +113,8 @@ impl Lease {
             give_back: 0,
             expires: now,
             record: Record::New,
-            request: 0,
             doubt: false,
+            expiry_pushed: None,
             renewing: false,
             closed: false,
             used_seen: 0,
@@ -155,12 +162,16 @@ impl Lease {
         Take::Empty
     }
 
-    /// Units to ask for beyond the call at hand: about `DEMAND` of the
-    /// recent rate.
+    /// Units to ask for beyond the call at hand: `DEMAND` of the recent
+    /// rate, rounded up, so that a tenant with a few calls a second holds
+    /// its next call's unit and asks Redis every other call, not every
+    /// call; none for a tenant too slow to use it in the lease's lifetime.
     pub fn want(&self, now: Instant) -> i64 {
-        // Rounded down: a tenant with a call or two a second asks for none
-        // ahead, as what it would hold would mostly be handed back.
-        ((self.rate_at(now) * DEMAND.as_secs_f64()).floor() as i64).clamp(0, MAX_GRANT)
+        let rate = self.rate_at(now);
+        if rate * LIFETIME.as_secs_f64() < AHEAD_FROM {
+            return 0;
+        }
+        ((rate * DEMAND.as_secs_f64()).ceil() as i64).clamp(0, MAX_GRANT)
     }
 
     /// At least `BUSY` calls a second lately.
@@ -222,6 +233,12 @@ impl Lease {
         bucket_outcome(rate, units, tokens, allowed)
     }
 
+    /// Whether the next call should push the hash's expiry back.
+    pub fn expiry_due(&self, now: Instant) -> bool {
+        self.expiry_pushed
+            .is_none_or(|at| now.saturating_duration_since(at) >= PUSH_EXPIRY_EVERY)
+    }
+
     /// Idle long enough to hand back.
     pub fn idle(&self, now: Instant) -> bool {
         !self.renewing
@@ -263,11 +280,24 @@ mod tests {
         let mut l = Lease::new(1, now);
         l.taken = 1000;
         // 1,000 units in half a second, smoothed with no rate before: 1,000
-        // a second, 200 in 200 ms.
-        assert_eq!(l.want(now + Duration::from_millis(500)), 200);
+        // a second, 250 in 250 ms.
+        assert_eq!(l.want(now + Duration::from_millis(500)), 250);
         assert!(l.busy(now + Duration::from_millis(500)));
         l.renewal_sent(now + Duration::from_millis(500));
         assert_eq!(l.rate, 1000.0);
+    }
+
+    #[test]
+    fn a_slow_tenant_holds_nothing_ahead_and_a_few_calls_a_second_hold_one() {
+        let now = Instant::now();
+        let mut l = Lease::new(1, now);
+        // One call a second, steadily: two in its lifetime, too few.
+        (l.rate, l.taken) = (1.0, 2);
+        assert_eq!(l.want(now + Duration::from_secs(2)), 0);
+        // Three a second: six in its lifetime; 0.75 in 250 ms, rounded up.
+        let mut l = Lease::new(1, now);
+        (l.rate, l.taken) = (3.0, 6);
+        assert_eq!(l.want(now + Duration::from_secs(2)), 1);
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod scripts;
 
 use lease::{Lease, LeaseKey, Take};
 use renew::{Readd, Renewed};
-use scripts::{CLAIM, LEASE};
+use scripts::CLAIM;
 
 /// Calls in a row over the budget that count as Redis being down.
 const SLOW_STREAK_DOWN: u32 = 8;
@@ -76,6 +76,7 @@ impl Memory {
 /// One lease and the calls waiting for its renewal.
 struct Cell {
     key: LeaseKey,
+    fields: Arc<batch::Fields>,
     lease: Mutex<Lease>,
     renewed: Notify,
 }
@@ -114,10 +115,8 @@ struct Shared {
     redis: Arc<SharedRedis>,
     usage: Arc<dyn UsageStore>,
     settings: RedisSettings,
-    lease: Script,
-    /// Shares lease calls' round trips, on one node (a cluster's would
-    /// span slots).
-    batcher: Option<Arc<batch::Batcher>>,
+    /// Shares lease calls' round trips.
+    batcher: Arc<batch::Batcher>,
     claim: Script,
     /// This process, in lease records and as the source of its increments.
     replica: String,
@@ -150,10 +149,7 @@ impl RedisLimiter {
         settings: RedisSettings,
         (metrics, usage_metrics): (RedisMetrics, UsageMetrics),
     ) -> Self {
-        let batcher = match &redis.hot {
-            RedisConn::Node(_) => Some(Arc::new(batch::Batcher::new(redis.hot.clone()))),
-            RedisConn::Cluster(_) => None,
-        };
+        let batcher = Arc::new(batch::Batcher::new(redis.hot.clone()));
         Self {
             shared: Arc::new(Shared {
                 hot: redis.hot.clone(),
@@ -161,7 +157,6 @@ impl RedisLimiter {
                 redis,
                 usage,
                 settings,
-                lease: Script::new(LEASE),
                 batcher,
                 claim: Script::new(CLAIM),
                 replica: uuid::Uuid::now_v7().simple().to_string(),
@@ -230,12 +225,21 @@ impl Shared {
         if let Some(cell) = leases.get(key) {
             return cell.clone();
         }
+        let no = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let fields = batch::Fields {
+            hash: self.tenant_key(key.tenant_id),
+            bucket: format!("g:{}", key.bucket),
+            counter: key
+                .quota
+                .as_ref()
+                .map(|(k, _)| Self::counter_field(k))
+                .unwrap_or_default(),
+            record: self.record_field(no),
+        };
         let cell = Arc::new(Cell {
             key: key.clone(),
-            lease: Mutex::new(Lease::new(
-                self.next_lease.fetch_add(1, Ordering::Relaxed),
-                Instant::now(),
-            )),
+            fields: Arc::new(fields),
+            lease: Mutex::new(Lease::new(no, Instant::now())),
             renewed: Notify::new(),
         });
         leases.insert(key.clone(), cell.clone());

@@ -7,16 +7,12 @@ use std::{
     time::Instant,
 };
 
-use redis::ToRedisArgs;
-
 use super::{
     Cell, SLOW_STREAK_DOWN, Shared,
-    lease::{self, LeaseKey, Record},
+    batch::{self, LeaseCall},
+    lease::{self, Record},
 };
-use crate::{
-    domain::to_micros,
-    limiter::{Admitted, Decision},
-};
+use crate::limiter::{Admitted, Decision};
 
 /// A failed script call; `not_run` when Redis certainly did not run it.
 pub(super) struct Trouble {
@@ -65,8 +61,8 @@ pub(super) struct Ask {
     pub(super) give_back: i64,
     pub(super) close: bool,
     pub(super) record: Record,
-    pub(super) request: u64,
-    pub(super) no: i64,
+    /// The hash's expiry is due to be pushed back.
+    pub(super) push_expiry: bool,
 }
 
 pub(super) struct Answer {
@@ -89,75 +85,46 @@ impl Shared {
     /// One run of the lease script within the budget.
     pub(super) async fn run(
         &self,
-        key: &LeaseKey,
+        cell: &Cell,
         ask: &Ask,
         seed: i64,
         add: i64,
     ) -> Result<Answer, Trouble> {
-        let counter = key.quota.as_ref().map(|(k, _)| Self::counter_field(k));
-        let cap = key.quota.as_ref().and_then(|(_, cap)| *cap).unwrap_or(-1);
-        let record = match ask.record {
-            Record::Known => "1",
-            Record::New => "0",
+        let key = &cell.key;
+        let mut flags = 0;
+        if ask.record == Record::Known {
+            flags |= batch::RECORD_KNOWN;
+        }
+        if ask.close {
+            flags |= batch::CLOSE;
+        }
+        if ask.push_expiry {
+            flags |= batch::PUSH_EXPIRY;
+        }
+        let call = LeaseCall {
+            fields: cell.fields.clone(),
+            requests_per_minute: key.rate.requests_per_minute,
+            burst: key.rate.burst,
+            need: ask.need,
+            want: ask.want,
+            give_back: ask.give_back,
+            cap: key.quota.as_ref().and_then(|(_, cap)| *cap).unwrap_or(-1),
+            flags,
+            holding: ask.holding,
+            seed,
+            add,
         };
-        let close = if ask.close { "1" } else { "0" };
-        let args: Vec<Vec<u8>> = [
-            to_micros(crate::domain::now()).to_redis_args(),
-            key.rate.requests_per_minute.to_redis_args(),
-            key.rate.burst.to_redis_args(),
-            key.bucket.to_redis_args(),
-            ask.need.to_redis_args(),
-            ask.want.to_redis_args(),
-            ask.give_back.to_redis_args(),
-            counter.as_deref().unwrap_or("").to_redis_args(),
-            cap.to_redis_args(),
-            seed.to_redis_args(),
-            self.record_field(ask.no).to_redis_args(),
-            record.to_redis_args(),
-            ask.request.to_redis_args(),
-            add.to_redis_args(),
-            (lease::LIFETIME.as_micros() as i64).to_redis_args(),
-            close.to_redis_args(),
-            ask.holding.to_redis_args(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let hash = self.tenant_key(key.tenant_id);
         let started = Instant::now();
-        let answer = match &self.batcher {
-            // One node: shares the round trip with the calls around it.
-            Some(batcher) => tokio::time::timeout(self.settings.budget, batcher.call(hash, args))
-                .await
-                .map(|r| r.map_err(|f| (f.message, f.timeout, f.refused))),
-            None => {
-                let mut call = self.lease.key(hash);
-                for a in &args {
-                    call.arg(a.as_slice());
-                }
-                let mut conn = self.hot.clone();
-                tokio::time::timeout(self.settings.budget, call.invoke_async(&mut conn))
-                    .await
-                    .map(|r| {
-                        r.map_err(|e| {
-                            (
-                                format!("Redis: {e}"),
-                                e.is_timeout(),
-                                e.is_connection_refusal(),
-                            )
-                        })
-                    })
-            }
-        };
+        let answer = tokio::time::timeout(self.settings.budget, self.batcher.call(call)).await;
         self.metrics
             .call_seconds
             .observe(started.elapsed().as_secs_f64());
-        let reply: (i64, i64, String, i64, i64, i64) = match answer {
+        let reply = match answer {
             Ok(Ok(reply)) => reply,
-            Ok(Err((message, false, refused))) => {
+            Ok(Err(failed)) if !failed.timeout => {
                 return Err(Trouble {
-                    message,
-                    not_run: refused,
+                    message: failed.message,
+                    not_run: failed.refused,
                     slow: false,
                 });
             }
@@ -172,13 +139,14 @@ impl Shared {
                 });
             }
         };
+        let [outcome, granted, milli_tokens, used, leased] = reply;
         Ok(Answer {
-            outcome: reply.0,
-            granted: reply.1,
-            tokens: reply.2.parse().unwrap_or(0.0),
-            used: reply.3,
-            kept: reply.4 == 1,
-            leased: reply.5,
+            outcome,
+            granted,
+            tokens: milli_tokens as f64 / 1000.0,
+            used,
+            kept: leased >= 0,
+            leased,
         })
     }
 
@@ -188,15 +156,19 @@ impl Shared {
     /// the call was sent.
     async fn run_seeded(
         &self,
-        key: &LeaseKey,
+        cell: &Cell,
         ask: &Ask,
         readd: Readd,
     ) -> Result<(Answer, bool), Trouble> {
-        let answer = self.run(key, ask, -1, readd.all()).await?;
+        let answer = self.run(cell, ask, -1, readd.all()).await?;
         if answer.outcome != 3 {
             return Ok((answer, false));
         }
-        let (counter, _) = key.quota.as_ref().expect("only a counter can be missing");
+        let (counter, _) = cell
+            .key
+            .quota
+            .as_ref()
+            .expect("only a counter can be missing");
         let stored = counter
             .durable_total(&*self.usage)
             .await
@@ -207,7 +179,7 @@ impl Shared {
             })?;
         // The total read has the units already written.
         let add = readd.restore + readd.open;
-        Ok((self.run(key, ask, stored, add).await?, true))
+        Ok((self.run(cell, ask, stored, add).await?, true))
     }
 
     /// Notes a failed call: a lost connection takes Verify off Redis at
@@ -243,7 +215,6 @@ impl Shared {
             if now >= l.expires && l.held > 0 {
                 l.give_back += std::mem::take(&mut l.held);
             }
-            l.request += 1;
             let ask = Ask {
                 // What the call needs beyond what is held.
                 need: call.map_or(0, |units| (units.max(1) - l.held).max(0)),
@@ -253,8 +224,7 @@ impl Shared {
                 give_back: l.give_back,
                 close: false,
                 record: l.record,
-                request: l.request,
-                no: l.no,
+                push_expiry: l.expiry_due(now),
             };
             l.renewal_sent(now);
             (ask, l.durable)
@@ -267,7 +237,7 @@ impl Shared {
         let readd = counter
             .and_then(|k| self.memory().readd.get(k).copied())
             .unwrap_or_default();
-        let result = self.run_seeded(&cell.key, &ask, readd).await;
+        let result = self.run_seeded(cell, &ask, readd).await;
         let (answer, seeded) = match result {
             Ok(answer) => answer,
             Err(trouble) => {
@@ -350,6 +320,9 @@ impl Shared {
         l.renewing = false;
         l.give_back = 0;
         l.doubt = false;
+        if ask.push_expiry {
+            l.expiry_pushed = Some(now);
+        }
         l.record = if answer.kept {
             Record::Known
         } else {

@@ -1,155 +1,151 @@
 //! The Lua scripts the shared limiter runs in Redis, each one round trip.
+//!
+//! Every tenant has one hash (`<prefix>:{<tenant>}`), so a call touches one
+//! hash slot and runs two commands (read everything, write everything):
+//!
+//! - `g:<bucket>`: the bucket, as GCRA's one number: the time (µs) at which
+//!   it is full again; a call finds `burst - (tat - now) / per` tokens.
+//! - `q:<start µs>:<end µs>:<resource>`: a quota counter: every unit granted
+//!   to a lease and not handed back.
+//! - `l:<replica>:<lease>` = `granted|expires µs|held after the last
+//!   grant|counter`: a lease's record, so that the units of a replica that
+//!   dies can be claimed (`c:…` once claimed).
+//!
+//! Decisions are the per-call cost of the long tail, so the script does
+//! the least per decision: three fields read, three written, no field
+//! expiry check (the replica asks for `PEXPIRE` when a lease is new), and
+//! the arguments a common call does not need are left out.
 
-/// The lease script's body as a Lua function of one tenant's hash and its
-/// 17 arguments at offset `at` of `A`, shared by the one-tenant and the
-/// many-tenant script.
-macro_rules! lease_fn {
-    () => {
-        r"
-local function lease(key, A, at)
-  local now = tonumber(A[at + 1])
-  local burst = tonumber(A[at + 3])
-  local bt = A[at + 4] .. ':t'
-  local ba = A[at + 4] .. ':a'
-  local need = tonumber(A[at + 5])
-  local want = tonumber(A[at + 6])
-  local ret = tonumber(A[at + 7])
-  local qf = A[at + 8]
-  local cap = tonumber(A[at + 9])
-  local rf = A[at + 11]
-  local v
-  if qf == '' then
-    v = redis.call('HMGET', key, bt, ba, 'e')
-  else
-    v = redis.call('HMGET', key, bt, ba, 'e', qf, rf)
-  end
-  local used = -1
-  local o = 0
-  if qf ~= '' then
-    if v[4] then
-      used = tonumber(v[4])
-    else
-      used = tonumber(A[at + 10])
-      if used < 0 then
-        return {3, 0, '0', -1, 0, -1}
-      end
-    end
-    if v[5] then
-      o = tonumber(string.match(v[5], '^(%-?%d+)|'))
-      if A[at + 16] == '1' then
-        -- What Redis counts as granted, which may be more than the replica
-        -- knows of (answers lost), less what it used.
-        ret = math.max(0, o - tonumber(A[at + 17]))
-      end
-    elseif A[at + 12] == '1' then
-      return {4, 0, '0', -1, 0, -1}
-    end
-    used = used - ret + tonumber(A[at + 14])
-    o = o - ret
-  end
-  local tokens = burst
-  if v[1] then
-    tokens = math.min(burst, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * tonumber(A[at + 2]) / 60000000)
-  end
-  tokens = math.min(burst, tokens + ret)
+/// Lease calls on one key each, in one round trip: each settles a lease
+/// (hands back unused tokens and units, adds units served outside leases)
+/// and grants it more: the call's own `need` and up to `want` more, but
+/// never more than half of what is left, so that near the end of a budget
+/// leases shrink to one call at a time.
+///
+/// ARGV: 1 now µs, 2 lease lifetime µs; then for each key in turn: bucket
+/// field, counter field ('' when no quota is charged), record field, and
+/// the numbers, packed as 10 little-endian 64-bit integers (`struct.unpack`
+/// reads them without making a Lua string of each): requests per minute,
+/// burst, need, want, handed back (tokens and units), hard cap (-1: none),
+/// flags, units the lease holds before the grant (when closing: the units
+/// it used in all), the durable total to restore a missing counter from
+/// (-1: not known), units to add.
+/// Flags (summed): 1 the record must exist (else it may), 2 close the lease
+/// (remove its record, hand back all it was granted but did not use), 4
+/// push the hash's expiry back (a day).
+///
+/// Returns 5 values per key: outcome, granted, milli-tokens left, used,
+/// granted to the lease in all less handed back (-1: no record kept; a
+/// replica whose earlier answers were lost learns from it what they
+/// granted). Outcome 0 granted, 1 rate limited, 2 over the cap, 3 counter
+/// missing (call again with the durable total), 4 the record is gone (Redis
+/// lost its data, or the lease was claimed): nothing was changed.
+pub const LEASE: &str = r"
+local now = tonumber(ARGV[1])
+local life = tonumber(ARGV[2])
+local out = {}
+local a = 2
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local bf = ARGV[a + 1]
+  local qf = ARGV[a + 2]
+  local rf = ARGV[a + 3]
+  local rpm, burst, need, want, ret, cap, flags, holding, seed, add =
+    struct.unpack('<i8i8i8i8i8i8i8i8i8i8', ARGV[a + 4])
   local outcome = 0
   local g = 0
-  if need > 0 and tokens < need then
-    outcome = 1
-  elseif need > 0 and used >= 0 and cap >= 0 and used + need > cap then
-    outcome = 2
+  local tokens = 0
+  local used = -1
+  local o = -1
+  local v
+  if qf == '' then
+    v = redis.call('HMGET', key, bf)
   else
-    local more = math.floor(math.max(0, tokens - need) / 2)
-    if used >= 0 and cap >= 0 then
-      more = math.min(more, math.floor(math.max(0, cap - used - need) / 2))
+    v = redis.call('HMGET', key, bf, qf, rf)
+    if v[2] then
+      used = tonumber(v[2])
+    elseif seed >= 0 then
+      used = seed
+    else
+      outcome = 3
     end
-    g = need + math.min(want, more)
-    tokens = tokens - g
+    if v[3] then
+      o = tonumber(string.match(v[3], '^(%d+)'))
+      if flags % 4 >= 2 then
+        -- What Redis counts as granted, which may be more than the replica
+        -- knows of (answers lost), less what it used.
+        ret = math.max(0, o - holding)
+      end
+    elseif flags % 2 == 1 and outcome == 0 then
+      outcome = 4
+    else
+      o = 0
+    end
+  end
+  if outcome < 3 then
+    local per = 60000000 / rpm
+    local tat = tonumber(v[1] or '0')
+    if tat < now then
+      tat = now
+    end
+    tat = tat - ret * per
+    if tat < now then
+      tat = now
+    end
+    tokens = burst - (tat - now) / per
     if used >= 0 then
-      used = used + g
-      o = o + g
+      used = used - ret + add
+      o = o - ret
     end
-  end
-  local set = {bt, tostring(tokens), ba, A[at + 1]}
-  local kept = 0
-  if used >= 0 then
-    table.insert(set, qf)
-    table.insert(set, used)
-    if A[at + 16] == '1' then
+    if need > 0 and tokens < need then
+      outcome = 1
+    elseif need > 0 and cap >= 0 and used + need > cap then
+      outcome = 2
+    else
+      local more = math.floor(math.max(0, tokens - need) / 2)
+      if cap >= 0 then
+        more = math.min(more, math.floor(math.max(0, cap - used - need) / 2))
+      end
+      g = need + math.min(want, more)
+      tat = tat + g * per
+      tokens = tokens - g
+      if used >= 0 then
+        used = used + g
+        o = o + g
+      end
+    end
+    -- %d: concatenation would print large numbers with an exponent.
+    local bucket = string.format('%d', math.ceil(tat))
+    if used < 0 then
+      redis.call('HSET', key, bf, bucket)
+    elseif flags % 4 >= 2 then
       redis.call('HDEL', key, rf)
-    elseif v[5] or g > 0 then
-      kept = 1
-      table.insert(set, rf)
-      -- %d: concatenation would print large numbers with an exponent.
-      table.insert(set, string.format('%d|%d|%s|%d|%d|%s', o, now + tonumber(A[at + 15]), A[at + 13], g, tonumber(A[at + 17]) + g, qf))
+      redis.call('HSET', key, bf, bucket, qf, string.format('%d', used))
+      o = -1
+    elseif v[3] or g > 0 then
+      redis.call('HSET', key, bf, bucket, qf, string.format('%d', used), rf,
+        string.format('%d|%d|%d|%s', o, now + life, holding + g, qf))
+    else
+      redis.call('HSET', key, bf, bucket, qf, string.format('%d', used))
+      o = -1
+    end
+    if flags % 8 >= 4 then
+      redis.call('PEXPIRE', key, 86400000)
     end
   end
-  -- A hash in use lives on; an idle one goes after a day (its counters were
-  -- written to the database long before).
-  if not v[3] or now > tonumber(v[3]) then
-    table.insert(set, 'e')
-    table.insert(set, now + 3600000000)
-    redis.call('PEXPIRE', key, 86400000)
-  end
-  redis.call('HSET', key, unpack(set))
-  if kept == 0 then
-    o = -1
-  end
-  return {outcome, g, tostring(tokens), used, kept, o}
-end
-"
-    };
-}
-
-/// Every tenant has one hash (`<prefix>:{<tenant>}`): its buckets as
-/// `<bucket>:t` (tokens) and `<bucket>:a` (as of, µs); its quota counters as
-/// `q:<start µs>:<end µs>:<resource>`, which count every unit granted to a
-/// lease and not handed back; a record per lease on a counter,
-/// `l:<replica>:<lease>` = `granted|expires µs|request|last grant|held after
-/// it|counter`,
-/// so the units of a replica that dies can be claimed; and `e`, when its
-/// expiry is next pushed back. One hash makes a call two commands (read
-/// everything, write everything) instead of one per field.
-///
-/// One call settles a lease (hands back unused tokens and units, adds units
-/// served outside leases) and grants it more: the call's own `need` and up
-/// to `want` more, but never more than half of what is left, so that near
-/// the end of a budget leases shrink to one call at a time.
-///
-/// ARGV: 1 now µs, 2 requests per minute, 3 burst, 4 bucket, 5 need, 6 want,
-/// 7 handed back (tokens and units), 8 counter field ('' when no quota is
-/// charged), 9 hard cap (-1: none), 10 durable total to restore a missing
-/// counter from (-1: not known yet), 11 record field, 12 '1' when the record
-/// must exist ('0': it may), 13 this request's id, 14 units to add, 15 lease
-/// lifetime µs, 16 '1' to close the lease (remove its record, and hand back
-/// all it was granted but did not use), 17 units the lease holds before the
-/// grant; when closing, the units it used in all.
-///
-/// Returns {outcome, granted, tokens left (string), used, record kept,
-/// granted to the lease in all (less handed back; -1 without a record)}: a
-/// replica whose earlier answers were lost learns from the last what they
-/// granted.
-/// outcome 0 granted, 1 rate limited, 2 over the cap, 3 counter missing
-/// (call again with the durable total), 4 the record is gone (Redis lost its
-/// data, or the lease was claimed): nothing was changed.
-pub const LEASE: &str = concat!(lease_fn!(), "return lease(KEYS[1], ARGV, 0)\n");
-
-/// Several lease calls in one round trip, one per key (each with its 17
-/// arguments in turn); returns their answers one after another, 6 values
-/// each. Only where every key is on one node: a single Redis.
-pub const LEASE_MANY: &str = concat!(
-    lease_fn!(),
-    r"
-local out = {}
-for i = 1, #KEYS do
-  local r = lease(KEYS[i], ARGV, (i - 1) * 17)
-  for j = 1, 6 do
-    out[#out + 1] = r[j]
-  end
+  out[#out + 1] = outcome
+  out[#out + 1] = g
+  out[#out + 1] = math.floor(tokens * 1000)
+  out[#out + 1] = used
+  out[#out + 1] = o
+  a = a + 4
 end
 return out
-"
-);
+";
+
+/// Values the lease script answers per key.
+pub const ANSWER_LEN: usize = 5;
+
 /// Marks a lease record as claimed, if it is still the one read: KEYS[1] the
 /// tenant's hash, ARGV: the record field, its value as read. Returns 1 when
 /// marked (its owner now finds it gone), 0 when it changed meanwhile.
