@@ -135,13 +135,15 @@ pub trait UsageStore: Send + Sync + 'static {
     /// A batch names each (lease, counter) at most once.
     async fn add_usage(&self, source: &str, seq: i64, increments: &[Increment]) -> Result<()>;
     /// A dead source's lease: adds the units granted to it (`granted`) less
-    /// those the source already added from it, once; returns the units added.
+    /// those the source already added from it, once; returns the units
+    /// added. The source's later increments from that lease add nothing.
     async fn claim_lease(&self, source: &str, lease: i64, granted: &Increment) -> Result<i64>;
-    /// Forgets the increments of `source`'s leases, closed with nothing
-    /// left to claim.
+    /// Forgets what `source`'s leases wrote, closed with nothing left to
+    /// claim.
     async fn forget_leases(&self, source: &str, leases: &[i64]) -> Result<()>;
-    /// Forgets increments older than `before`, whose retries are long over.
-    async fn prune_increments(&self, before: Timestamp) -> Result<u64>;
+    /// Forgets batches and leases last written before `before`, whose
+    /// retries and claims are long over; returns the rows forgotten.
+    async fn prune_ledger(&self, before: Timestamp) -> Result<u64>;
     /// Writes absolute totals in one statement; a total never goes down, so
     /// replaying an older flush changes nothing.
     async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()>;

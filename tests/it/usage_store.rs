@@ -1,6 +1,7 @@
 //! The usage half of the storage conformance suite, on every backend:
 //! increments applied once however often a batch is retried, and claims on
-//! a dead replica's lease that add only what it had not written.
+//! a dead replica's lease that add only what it had not written, after
+//! which that lease adds nothing.
 use tollgate::{
     domain::{now, plan::Resource},
     store::{Increment, UsageStore},
@@ -11,6 +12,7 @@ use crate::helpers::TestDb;
 crate::conformance!(
     a_retried_batch_adds_nothing_twice,
     a_claim_adds_only_what_the_lease_had_not_written,
+    a_claimed_lease_adds_nothing_more,
 );
 
 async fn counter(db: &TestDb) -> (tollgate::store::sql::SqlStore, Increment) {
@@ -82,7 +84,7 @@ async fn a_retried_batch_adds_nothing_twice(db: TestDb) {
     // Pruning forgets old increments, not totals.
     assert!(
         store
-            .prune_increments(now() + time::Duration::seconds(1))
+            .prune_ledger(now() + time::Duration::seconds(1))
             .await
             .unwrap()
             >= 4
@@ -121,7 +123,7 @@ async fn a_claim_adds_only_what_the_lease_had_not_written(db: TestDb) {
     store
         .add_usage(
             "replica-a",
-            2,
+            3,
             &[Increment {
                 lease: 2,
                 units: 6,
@@ -154,4 +156,46 @@ async fn a_claim_adds_only_what_the_lease_had_not_written(db: TestDb) {
     };
     assert_eq!(store.claim_lease("replica-a", 2, &small).await.unwrap(), 0);
     assert_eq!(total(&store, &base).await, 56);
+}
+
+async fn a_claimed_lease_adds_nothing_more(db: TestDb) {
+    let (store, base) = counter(&db).await;
+    let units = |lease, units| Increment {
+        lease,
+        units,
+        ..base.clone()
+    };
+    store
+        .add_usage("replica-a", 1, &[units(1, 10)])
+        .await
+        .unwrap();
+    // Replica-a was cut off, not dead: its lease was claimed for the 40
+    // units it was granted and had not written.
+    assert_eq!(
+        store
+            .claim_lease("replica-a", 1, &units(1, 50))
+            .await
+            .unwrap(),
+        40
+    );
+    // It writes what it served from that lease after all (counted by the
+    // claim), and units of another lease and of none (failing open).
+    store
+        .add_usage("replica-a", 2, &[units(1, 25), units(2, 3), units(0, 2)])
+        .await
+        .unwrap();
+    assert_eq!(total(&store, &base).await, 55);
+    // A lease claimed before it ever wrote: its first write adds nothing.
+    assert_eq!(
+        store
+            .claim_lease("replica-a", 3, &units(3, 6))
+            .await
+            .unwrap(),
+        6
+    );
+    store
+        .add_usage("replica-a", 3, &[units(3, 6)])
+        .await
+        .unwrap();
+    assert_eq!(total(&store, &base).await, 61);
 }

@@ -23,10 +23,10 @@ const CLAIM_GRACE_MICROS: i64 = 5_000_000;
 const SWEEP_LOCK_MILLIS: u64 = 30_000;
 /// Leases settled at once at a flush, their calls pipelined.
 const SETTLING_AT_ONCE: usize = 64;
-/// How often a replica forgets old increments (from an hour after start).
+/// How often a replica prunes the usage ledger (from an hour after start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
-/// Increments are kept this long for retries and claims to find.
-const KEEP_INCREMENTS: time::Duration = time::Duration::days(2);
+/// The ledger (batches and leases) is kept this long for retries and claims.
+const KEEP_LEDGER: time::Duration = time::Duration::days(2);
 
 /// A batch of increments and the leases whose units it carries.
 pub(super) struct Batch {
@@ -438,7 +438,7 @@ impl Shared {
             due
         };
         if prune_due {
-            self.usage.prune_increments(now() - KEEP_INCREMENTS).await?;
+            self.usage.prune_ledger(now() - KEEP_LEDGER).await?;
         }
         Ok(claimed)
     }

@@ -1,6 +1,7 @@
 //! Durable usage in SQL: absolute totals (the embedded limiter's flush) and
-//! increments keyed by their source (a replica's flush, or a claim on a dead
-//! replica's lease), each applied once however often it is retried.
+//! the replicas' ledger: batches of increments, each applied once however
+//! often it is retried, and each lease's written total, which a claim on a
+//! dead replica's lease completes once.
 use async_trait::async_trait;
 
 use super::{Backend, SqlStore, db, int, usage_from_row};
@@ -60,8 +61,10 @@ async fn upsert_usage_unnest(pg: &sqlx::PgPool, totals: &[UsageTotal]) -> Result
     Ok(())
 }
 
-/// PostgreSQL: a batch in one statement, the columns bound as arrays; the
-/// counters grow only by the rows this statement inserted.
+/// PostgreSQL: a batch in one statement, the columns bound as arrays: the
+/// batch's row first (nothing more happens if it was there), then each
+/// lease's written total, then the counters, by the units of leases not
+/// claimed meanwhile (and of none: served failing open).
 async fn add_usage_unnest(
     pg: &sqlx::PgPool,
     source: &str,
@@ -83,17 +86,25 @@ async fn add_usage_unnest(
         units.push(i.units);
     }
     sqlx::query(
-        "WITH added AS ( \
-           INSERT INTO usage_increments \
-           (source, seq, lease, tenant_id, resource, period_start, period_end, units, at) \
-           SELECT $1, $2, l, t, r, s, e, u, $9 FROM UNNEST($3::bigint[], $4::text[], \
-           $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) AS x(l, t, r, s, e, u) \
-           ON CONFLICT DO NOTHING \
-           RETURNING tenant_id, resource, period_start, period_end, units) \
+        "WITH batch AS ( \
+           INSERT INTO usage_batches (source, seq, at) VALUES ($1, $2, $9) \
+           ON CONFLICT DO NOTHING RETURNING seq), \
+         x AS ( \
+           SELECT l, t, r, s, e, u FROM UNNEST($3::bigint[], $4::text[], $5::text[], \
+           $6::bigint[], $7::bigint[], $8::bigint[]) AS x(l, t, r, s, e, u) \
+           WHERE EXISTS (SELECT 1 FROM batch)), \
+         leased AS ( \
+           INSERT INTO usage_leases (source, lease, written, claimed, at) \
+           SELECT $1, l, u, 0, $9 FROM x WHERE l <> 0 \
+           ON CONFLICT (source, lease) DO UPDATE SET \
+           written = usage_leases.written + excluded.written, at = excluded.at \
+           WHERE usage_leases.claimed = 0 \
+           RETURNING lease) \
          INSERT INTO usage_counters \
          (tenant_id, resource, period_start, period_end, used, updated_at) \
-         SELECT tenant_id, resource, period_start, MAX(period_end), SUM(units), $9 FROM added \
-         GROUP BY tenant_id, resource, period_start \
+         SELECT t, r, s, MAX(e), SUM(u), $9 FROM x \
+         WHERE l = 0 OR l IN (SELECT lease FROM leased) \
+         GROUP BY t, r, s \
          ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
          used = usage_counters.used + excluded.used, updated_at = excluded.updated_at",
     )
@@ -112,22 +123,19 @@ async fn add_usage_unnest(
     Ok(())
 }
 
-/// Records one increment and, when it is new, adds it to its counter.
-async fn add_one(
+/// Adds `i.units` to its counter.
+async fn add_to_counter(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    source: &str,
-    seq: i64,
     i: &Increment,
     at: i64,
-) -> Result<bool> {
-    let added = sqlx::query(
-        "INSERT INTO usage_increments \
-         (source, seq, lease, tenant_id, resource, period_start, period_end, units, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage_counters \
+         (tenant_id, resource, period_start, period_end, used, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
+         used = usage_counters.used + excluded.used, updated_at = excluded.updated_at",
     )
-    .bind(source.to_owned())
-    .bind(seq)
-    .bind(i.lease)
     .bind(i.tenant_id.to_string())
     .bind(i.resource.as_str().to_owned())
     .bind(to_micros(i.period_start))
@@ -136,28 +144,60 @@ async fn add_one(
     .bind(at)
     .execute(&mut **tx)
     .await
+    .map_err(db("adding usage", ""))?;
+    Ok(())
+}
+
+/// The other backends: the same steps as `add_usage_unnest`, a statement
+/// each, in one transaction.
+async fn add_usage_each(
+    pool: &sqlx::AnyPool,
+    source: &str,
+    seq: i64,
+    increments: &[Increment],
+) -> Result<()> {
+    let at = to_micros(crate::domain::now());
+    let mut tx = pool.begin().await.map_err(db("adding usage", ""))?;
+    let new = sqlx::query(
+        "INSERT INTO usage_batches (source, seq, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(source.to_owned())
+    .bind(seq)
+    .bind(at)
+    .execute(&mut *tx)
+    .await
     .map_err(db("adding usage", ""))?
     .rows_affected()
         == 1;
-    if added && i.units != 0 {
-        sqlx::query(
-            "INSERT INTO usage_counters \
-             (tenant_id, resource, period_start, period_end, used, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant_id, resource, period_start) DO UPDATE SET \
-             used = usage_counters.used + excluded.used, updated_at = excluded.updated_at",
-        )
-        .bind(i.tenant_id.to_string())
-        .bind(i.resource.as_str().to_owned())
-        .bind(to_micros(i.period_start))
-        .bind(to_micros(i.period_end))
-        .bind(i.units)
-        .bind(at)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("adding usage", ""))?;
+    if !new {
+        return tx.commit().await.map_err(db("adding usage", ""));
     }
-    Ok(added)
+    for i in increments {
+        if i.lease != 0 {
+            let open = sqlx::query(
+                "INSERT INTO usage_leases (source, lease, written, claimed, at) \
+                 VALUES ($1, $2, $3, 0, $4) \
+                 ON CONFLICT (source, lease) DO UPDATE SET \
+                 written = usage_leases.written + excluded.written, at = excluded.at \
+                 WHERE usage_leases.claimed = 0",
+            )
+            .bind(source.to_owned())
+            .bind(i.lease)
+            .bind(i.units)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("adding usage", ""))?
+            .rows_affected()
+                == 1;
+            if !open {
+                // Claimed: the claim counted these units already.
+                continue;
+            }
+        }
+        add_to_counter(&mut tx, i, at).await?;
+    }
+    tx.commit().await.map_err(db("adding usage", ""))
 }
 
 #[async_trait]
@@ -166,15 +206,10 @@ impl UsageStore for SqlStore {
         if increments.is_empty() {
             return Ok(());
         }
-        if let Some(pg) = &self.pg {
-            return add_usage_unnest(pg, source, seq, increments).await;
+        match &self.pg {
+            Some(pg) => add_usage_unnest(pg, source, seq, increments).await,
+            None => add_usage_each(&self.pool, source, seq, increments).await,
         }
-        let at = to_micros(crate::domain::now());
-        let mut tx = self.pool.begin().await.map_err(db("adding usage", ""))?;
-        for i in increments {
-            add_one(&mut tx, source, seq, i, at).await?;
-        }
-        tx.commit().await.map_err(db("adding usage", ""))
     }
 
     async fn claim_lease(&self, source: &str, lease: i64, granted: &Increment) -> Result<i64> {
@@ -184,26 +219,41 @@ impl UsageStore for SqlStore {
             .begin()
             .await
             .map_err(db("claiming a lease", ""))?;
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(units), 0) AS BIGINT) AS n FROM usage_increments \
-             WHERE source = $1 AND lease = $2",
+        sqlx::query(
+            "INSERT INTO usage_leases (source, lease, written, claimed, at) \
+             VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
         )
         .bind(source.to_owned())
         .bind(lease)
-        .fetch_one(&mut *tx)
+        .bind(at)
+        .execute(&mut *tx)
         .await
         .map_err(db("claiming a lease", ""))?;
-        let written = int(&row, "n")?;
+        // Only one claim turns it: a claim retried (by this sweeper or
+        // another) finds it claimed and adds nothing.
+        let row = sqlx::query(
+            "UPDATE usage_leases SET claimed = 1, at = $3 \
+             WHERE source = $1 AND lease = $2 AND claimed = 0 RETURNING written",
+        )
+        .bind(source.to_owned())
+        .bind(lease)
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("claiming a lease", ""))?;
+        let Some(row) = row else {
+            tx.commit().await.map_err(db("claiming a lease", ""))?;
+            return Ok(0);
+        };
         let claim = Increment {
-            units: (granted.units - written).max(0),
-            lease,
+            units: (granted.units - int(&row, "written")?).max(0),
             ..granted.clone()
         };
-        // Keyed by the dead source and its lease: a claim retried (by this
-        // sweeper or another) adds nothing the second time.
-        let added = add_one(&mut tx, &format!("claim:{source}"), 0, &claim, at).await?;
+        if claim.units > 0 {
+            add_to_counter(&mut tx, &claim, at).await?;
+        }
         tx.commit().await.map_err(db("claiming a lease", ""))?;
-        Ok(if added { claim.units } else { 0 })
+        Ok(claim.units)
     }
 
     async fn forget_leases(&self, source: &str, leases: &[i64]) -> Result<()> {
@@ -213,8 +263,9 @@ impl UsageStore for SqlStore {
                 .map(|i| format!("${}", i + 2))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql =
-                format!("DELETE FROM usage_increments WHERE source = $1 AND lease IN ({list})");
+            let sql = format!(
+                "DELETE FROM usage_leases WHERE source = $1 AND claimed = 0 AND lease IN ({list})"
+            );
             let mut query = sqlx::query(&sql).bind(source.to_owned());
             for lease in chunk {
                 query = query.bind(*lease);
@@ -227,13 +278,20 @@ impl UsageStore for SqlStore {
         Ok(())
     }
 
-    async fn prune_increments(&self, before: Timestamp) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM usage_increments WHERE at < $1")
-            .bind(to_micros(before))
-            .execute(&self.pool)
-            .await
-            .map_err(db("pruning usage increments", ""))?
-            .rows_affected())
+    async fn prune_ledger(&self, before: Timestamp) -> Result<u64> {
+        let mut pruned = 0;
+        for sql in [
+            "DELETE FROM usage_batches WHERE at < $1",
+            "DELETE FROM usage_leases WHERE at < $1",
+        ] {
+            pruned += sqlx::query(sql)
+                .bind(to_micros(before))
+                .execute(&self.pool)
+                .await
+                .map_err(db("pruning the usage ledger", ""))?
+                .rows_affected();
+        }
+        Ok(pruned)
     }
 
     async fn upsert_usage(&self, totals: &[UsageTotal]) -> Result<()> {
