@@ -16,7 +16,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{Options, calls::one, hot};
 
-/// The server under test, stopped and its database dropped on drop.
+/// The server under test, stopped and its database and Redis keys dropped
+/// on drop.
 pub struct Target {
     pub child: Child,
     pub addr: String,
@@ -24,6 +25,8 @@ pub struct Target {
     pub metrics_addr: Option<String>,
     admin_url: String,
     db: String,
+    redis_url: String,
+    prefix: String,
 }
 
 impl Drop for Target {
@@ -33,6 +36,7 @@ impl Drop for Target {
             .status();
         let _ = self.child.wait();
         let (admin_url, db) = (self.admin_url.clone(), self.db.clone());
+        let (redis_url, prefix) = (self.redis_url.clone(), self.prefix.clone());
         let _ = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -45,9 +49,39 @@ impl Drop for Target {
                         let drop = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
                         let _ = sqlx::Executor::execute(&mut conn, drop.as_str()).await;
                     }
+                    // Else each run leaves its tenants' hashes for a day.
+                    let _ = unlink_prefixed(&redis_url, &prefix).await;
                 })
         })
         .join();
+    }
+}
+
+/// Unlinks every key under `prefix`, a SCAN page at a time.
+async fn unlink_prefixed(url: &str, prefix: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 
@@ -104,6 +138,8 @@ pub async fn start(o: &Options, token: &str, prefix: &str, metrics: bool) -> Tar
         metrics_addr,
         admin_url,
         db,
+        redis_url: o.redis_url.clone(),
+        prefix: prefix.to_owned(),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
