@@ -199,3 +199,25 @@ async fn a_claimed_lease_adds_nothing_more(db: TestDb) {
         .unwrap();
     assert_eq!(total(&store, &base).await, 61);
 }
+
+/// PostgreSQL keeps room on the usage tables' pages for their in-place
+/// updates (HOT: no index writes), and a second migration (another replica
+/// starting) finds it set and changes nothing.
+#[tokio::test]
+async fn postgres_usage_tables_leave_room_for_updates() {
+    let db = TestDb::postgres().await;
+    let first = db.store().await;
+    let second = db.store().await;
+    for table in ["usage_counters", "usage_leases"] {
+        let options: Option<String> = sqlx::query_scalar(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = to_regclass($1)",
+        )
+        .bind(table)
+        .fetch_one(second.pool())
+        .await
+        .unwrap();
+        assert_eq!(options.as_deref(), Some("fillfactor=50"), "{table}");
+    }
+    first.close().await;
+    second.close().await;
+}
