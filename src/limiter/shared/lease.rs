@@ -44,6 +44,37 @@ pub struct LeaseKey {
     pub quota: Option<(UsageKey, Option<i64>)>,
 }
 
+/// A `LeaseKey` borrowed from the call at hand, so that finding a lease
+/// clones nothing. Its fields are `LeaseKey`'s, in the same order and
+/// hashing alike (`&str` as `String`, `&T` as `T`).
+#[derive(Hash)]
+pub struct LeaseKeyRef<'a> {
+    pub tenant_id: TenantId,
+    pub bucket: &'a str,
+    pub rate: RateLimit,
+    pub quota: Option<(&'a UsageKey, Option<i64>)>,
+}
+
+impl hashbrown::Equivalent<LeaseKey> for LeaseKeyRef<'_> {
+    fn equivalent(&self, key: &LeaseKey) -> bool {
+        self.tenant_id == key.tenant_id
+            && self.bucket == key.bucket
+            && self.rate == key.rate
+            && self.quota == key.quota.as_ref().map(|(k, cap)| (k, *cap))
+    }
+}
+
+impl LeaseKeyRef<'_> {
+    pub fn to_owned(&self) -> LeaseKey {
+        LeaseKey {
+            tenant_id: self.tenant_id,
+            bucket: self.bucket.to_owned(),
+            rate: self.rate,
+            quota: self.quota.map(|(k, cap)| (k.clone(), cap)),
+        }
+    }
+}
+
 /// Whether Redis holds this lease's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
@@ -250,6 +281,42 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_key_finds_its_lease_and_no_other() {
+        use crate::domain::{now, plan::Resource, verify::Period};
+        let usage = UsageKey {
+            tenant_id: TenantId::generate(),
+            resource: Resource::parse("resource", "calls").unwrap(),
+            period: Period {
+                start: now(),
+                end: now() + time::Duration::days(30),
+            },
+        };
+        let rate = RateLimit {
+            requests_per_minute: 600,
+            burst: 20,
+        };
+        let keys =
+            [None, Some((&usage, None)), Some((&usage, Some(100)))].map(|quota| LeaseKeyRef {
+                tenant_id: usage.tenant_id,
+                bucket: "t",
+                rate,
+                quota,
+            });
+        let mut leases = hashbrown::HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            leases.insert(key.to_owned(), i);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(leases.get(key), Some(&i));
+        }
+        let other = LeaseKeyRef {
+            bucket: "k",
+            ..keys[0]
+        };
+        assert_eq!(leases.get(&other), None);
+    }
 
     #[test]
     fn a_lease_admits_what_it_holds_and_asks_for_more_before_running_out() {

@@ -42,7 +42,7 @@ mod outage;
 mod renew;
 mod scripts;
 
-use lease::{Lease, LeaseKey, Take};
+use lease::{Lease, LeaseKey, LeaseKeyRef, Take};
 use renew::{Readd, Renewed};
 use scripts::CLAIM;
 
@@ -121,7 +121,7 @@ struct Shared {
     /// This process, in lease records and as the source of its increments.
     replica: String,
     next_lease: AtomicI64,
-    leases: Mutex<HashMap<LeaseKey, Arc<Cell>>>,
+    leases: Mutex<hashbrown::HashMap<LeaseKey, Arc<Cell>>>,
     memory: Mutex<Memory>,
     /// Calls in a row that were over the budget.
     slow_streak: AtomicU32,
@@ -177,7 +177,7 @@ impl Shared {
         self.memory.lock().expect("limiter memory lock")
     }
 
-    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseKey, Arc<Cell>>> {
+    fn leases(&self) -> std::sync::MutexGuard<'_, hashbrown::HashMap<LeaseKey, Arc<Cell>>> {
         self.leases.lock().expect("leases lock")
     }
 
@@ -220,11 +220,12 @@ impl Shared {
     }
 
     /// The lease for `key`, made on first use.
-    fn cell(&self, key: &LeaseKey) -> Arc<Cell> {
+    fn cell(&self, key: &LeaseKeyRef) -> Arc<Cell> {
         let mut leases = self.leases();
         if let Some(cell) = leases.get(key) {
             return cell.clone();
         }
+        let key = key.to_owned();
         let no = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let fields = batch::Fields {
             hash: self.tenant_key(key.tenant_id),
@@ -242,7 +243,7 @@ impl Shared {
             lease: Mutex::new(Lease::new(no, Instant::now())),
             renewed: Notify::new(),
         });
-        leases.insert(key.clone(), cell.clone());
+        leases.insert(key, cell.clone());
         cell
     }
 
@@ -257,11 +258,11 @@ impl Shared {
     }
 
     async fn admit(self: &Arc<Self>, a: &Admission, at: Timestamp) -> Result<Admitted> {
-        let key = LeaseKey {
+        let key = LeaseKeyRef {
             tenant_id: a.tenant_id,
-            bucket: a.bucket.clone(),
+            bucket: &a.bucket,
             rate: a.rate,
-            quota: a.quota.as_ref().map(|q| (q.key.clone(), q.hard_cap)),
+            quota: a.quota.as_ref().map(|q| (&q.key, q.hard_cap)),
         };
         let counted = a.quota.is_some();
         if self.settings.failure == RedisFailure::Closed && self.down.load(Ordering::Relaxed) {
