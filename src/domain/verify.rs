@@ -322,9 +322,12 @@ pub fn quota_period(
 }
 
 fn at_day(year: i32, month: Month, day: u8) -> Timestamp {
+    // Callers' timestamps end in year 9998 (the edge refuses later ones), so
+    // the clamp only keeps a bug from being a panic.
+    let year = year.clamp(Date::MIN.year(), Date::MAX.year());
     let day = day.min(time::util::days_in_month(month, year));
     Date::from_calendar_date(year, month, day)
-        .expect("day clamped to the month")
+        .expect("year and day clamped")
         .with_time(Time::MIDNIGHT)
         .assume_utc()
 }

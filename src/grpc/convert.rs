@@ -8,7 +8,7 @@ use super::pb;
 use crate::{
     catalog::{KeyPatch, NewKey, NewTenant, PlanPatch, Signup, TenantPatch},
     domain::{
-        Error, FieldViolation, Result, Timestamp,
+        ACCEPTED_MICROS, ACCEPTED_RANGE, Error, FieldViolation, Result, Timestamp,
         credits::{
             Applied, Balance, CreditChange, CreditType, EntryKind, IdempotencyKey, LedgerEntry,
             parse_amount,
@@ -134,19 +134,24 @@ pub fn timestamp(t: Timestamp) -> PbTimestamp {
     }
 }
 
-/// Parses a timestamp, truncated to microseconds.
+/// Parses a timestamp, truncated to microseconds; one outside the accepted
+/// range is refused here, so no period computed from it can overflow.
 pub fn from_timestamp(
     field: &str,
     t: &PbTimestamp,
 ) -> std::result::Result<Timestamp, FieldViolation> {
-    let bad = || FieldViolation::new(field, "must be a valid timestamp");
+    let bad = || FieldViolation::new(field, format!("must be a timestamp {ACCEPTED_RANGE}"));
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(bad());
+        return Err(FieldViolation::new(
+            field,
+            "must be a valid timestamp (nanos from 0 to 999,999,999)",
+        ));
     }
     let micros = t
         .seconds
         .checked_mul(1_000_000)
         .and_then(|s| s.checked_add(i64::from(t.nanos / 1_000)))
+        .filter(|m| ACCEPTED_MICROS.contains(m))
         .ok_or_else(bad)?;
     from_micros(micros).ok_or_else(bad)
 }

@@ -24,6 +24,7 @@ mod revenue;
 mod signup;
 mod store;
 mod subscriptions;
+mod timestamps;
 mod traces;
 mod usage_store;
 mod verify;
