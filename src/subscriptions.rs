@@ -157,12 +157,20 @@ impl Subscriptions {
     ) -> Result<Option<(ApplyOutcome, Subscription)>> {
         let stored = self.store.get_subscription(u.provider, &u.id).await?;
         if let Some(event) = &u.event_id
-            && self.store.event_applied(u.provider, event).await?
+            && let Some(applied_to) = self.store.event_applied(u.provider, event).await?
         {
-            let s = stored.ok_or_else(|| {
-                Error::Internal(anyhow::anyhow!("an applied event without its subscription"))
-            })?;
-            return Ok(Some((ApplyOutcome::Unchanged, s)));
+            // An event names one delivery of one subscription's update: the
+            // same id for another subscription is the sender's mistake, and
+            // no redelivery will mend it.
+            return match stored {
+                Some(s) if applied_to == u.id => Ok(Some((ApplyOutcome::Unchanged, s))),
+                _ => Err(Error::FailedPrecondition(format!(
+                    "event_id {} was applied to subscription {} already; an event id names one \
+                     delivery of one subscription's update",
+                    event.as_str(),
+                    applied_to.as_str()
+                ))),
+            };
         }
         if let Some(s) = &stored {
             if u.modified_at < s.modified_at {

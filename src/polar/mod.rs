@@ -4,11 +4,14 @@
 //! lives in the server, so any number of adapters may run.
 //!
 //! Polar redelivers anything not answered 2xx within a few seconds, so the
-//! answer says whether the server has the update: 202 once it applied it (or
-//! knew it already, or found it stale, or keeps it pending until its product
-//! is mapped); 503 while the server is unreachable or slow, so Polar tries
-//! again; 403 for a delivery that fails verification, 400 for a verified
-//! one that cannot be read.
+//! answer says whether a redelivery could change anything: 202 once the
+//! server has the update (applied, known already, stale, or pending until
+//! its product is mapped); 503 only while the server is away, slow, busy or
+//! refuses the adapter's own credential, so Polar tries again; 403 for a
+//! delivery that fails verification (not Polar's, or a wrong secret). Any
+//! other answer (a verified body that cannot be read, an update the server
+//! refuses) is logged and acknowledged with 200, as no redelivery would
+//! mend it: a redelivery loop cannot happen.
 pub mod event;
 pub mod metrics;
 
@@ -225,6 +228,9 @@ async fn deliver(
     span.record("http.response.status_code", answer.status.as_u16());
     app.metrics
         .delivery(answer.event_type, answer.outcome, answer.status.as_u16());
+    if answer.status == StatusCode::OK {
+        return respond_acknowledged(answer.outcome, &answer.message);
+    }
     respond(answer.status, &answer.message)
 }
 
@@ -236,6 +242,15 @@ fn respond(status: StatusCode, message: &str) -> Response {
         "error"
     };
     (status, Json(serde_json::json!({ key: message }))).into_response()
+}
+
+/// An acknowledged delivery: `{"outcome": ..., "error": ...}`.
+fn respond_acknowledged(outcome: &str, error: &str) -> Response {
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "outcome": outcome, "error": error })),
+    )
+        .into_response()
 }
 
 /// How a delivery was answered: the status, the outcome (the labels of its
@@ -254,6 +269,20 @@ impl Answer {
             event_type,
             outcome,
             message: outcome.into(),
+        }
+    }
+
+    /// Not applied, and never will be: acknowledged so that Polar stops.
+    fn acknowledged(
+        event_type: &'static str,
+        outcome: &'static str,
+        error: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status: StatusCode::OK,
+            event_type,
+            outcome,
+            message: error.into(),
         }
     }
 
@@ -307,13 +336,8 @@ async fn handle(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejecti
     let action = match action {
         Ok(action) => action,
         Err(e) => {
-            tracing::warn!(%delivery, error = %e, "delivery refused: it cannot be applied");
-            return Answer::refused(
-                StatusCode::BAD_REQUEST,
-                event_type,
-                "invalid",
-                e.to_string(),
-            );
+            tracing::error!(%delivery, error = %e, "delivery acknowledged, not applied: it cannot be read");
+            return Answer::acknowledged(event_type, "invalid", e.to_string());
         }
     };
     let outcome = match action {
@@ -365,16 +389,7 @@ async fn handle(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejecti
             tracing::info!(%delivery, outcome = name, "delivery applied");
             Answer::accepted(event_type, name)
         }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            tracing::warn!(%delivery, error = %status.message(), "delivery refused by the server");
-            Answer::refused(
-                StatusCode::BAD_REQUEST,
-                event_type,
-                "invalid",
-                status.message().to_owned(),
-            )
-        }
-        Err(status) => {
+        Err(status) if worth_redelivering(status.code()) => {
             tracing::error!(
                 %delivery, code = ?status.code(), error = %status.message(),
                 "delivery not applied: the server did not take it; Polar will redeliver"
@@ -386,7 +401,37 @@ async fn handle(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejecti
                 "server unavailable",
             )
         }
+        Err(status) => {
+            tracing::error!(
+                %delivery, code = ?status.code(), error = %status.message(),
+                "delivery acknowledged, not applied: the server refused it"
+            );
+            let outcome = if status.code() == tonic::Code::InvalidArgument {
+                "invalid"
+            } else {
+                "refused"
+            };
+            Answer::acknowledged(event_type, outcome, status.message().to_owned())
+        }
     }
+}
+
+/// The server's refusals a later delivery may not meet: it is away, slow or
+/// busy, a concurrent change came first, or it does not take the adapter's
+/// credential (an operator fixes that; acknowledging would drop every
+/// delivery until then). Any other refusal is the same the next time.
+fn worth_redelivering(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable
+            | DeadlineExceeded
+            | Aborted
+            | ResourceExhausted
+            | Cancelled
+            | Unauthenticated
+            | PermissionDenied
+    )
 }
 
 /// The server's answer as the adapter's outcome.

@@ -237,7 +237,12 @@ pub trait SubscriptionStore: Send + Sync + 'static {
         provider: Provider,
         product_id: &ProductId,
     ) -> Result<Vec<Subscription>>;
-    async fn event_applied(&self, provider: Provider, event: &EventId) -> Result<bool>;
+    /// The subscription an event was applied to; `None` if it was not.
+    async fn event_applied(
+        &self,
+        provider: Provider,
+        event: &EventId,
+    ) -> Result<Option<SubscriptionId>>;
     /// In one transaction: the subscription (written only if its stored
     /// `updated_at` is still `expected`; `None`: only if not stored yet),
     /// the tenant write, the customer's link to the tenant (a new tenant's

@@ -130,16 +130,26 @@ impl SubscriptionStore for SqlStore {
         .collect()
     }
 
-    async fn event_applied(&self, provider: Provider, event: &EventId) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT event_id FROM subscription_events WHERE provider = $1 AND event_id = $2",
+    async fn event_applied(
+        &self,
+        provider: Provider,
+        event: &EventId,
+    ) -> Result<Option<SubscriptionId>> {
+        sqlx::query(
+            "SELECT subscription_id FROM subscription_events WHERE provider = $1 AND event_id = $2",
         )
         .bind(provider.as_str())
         .bind(event.as_str().to_owned())
         .fetch_optional(&self.pool)
         .await
-        .map_err(db("reading an event", ""))?;
-        Ok(row.is_some())
+        .map_err(db("reading an event", ""))?
+        .map(|row| {
+            parsed(
+                "subscription_id",
+                SubscriptionId::parse("", &text(&row, "subscription_id")?),
+            )
+        })
+        .transpose()
     }
 
     async fn save_subscription(

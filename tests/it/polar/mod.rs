@@ -363,6 +363,31 @@ async fn redeliveries_and_late_updates_change_nothing() {
         stored[0].modified_at.as_ref().unwrap().seconds,
         1_793_491_210
     );
+
+    // A delivery id already applied, on another subscription: the server
+    // refuses it by name; the adapter acknowledges it (never 503, which
+    // Polar would redeliver forever) and logs why.
+    let mut other = subscription("subscription.created", "prod_free", "active", 11);
+    other["data"]["id"] = json!("sub_2");
+    let reused = stack.adapter.deliver("msg_newer", &other);
+    assert_eq!(
+        (reused.status, reused.body["outcome"].as_str()),
+        (200, Some("refused")),
+        "{reused:?}"
+    );
+    assert!(
+        reused.body["error"].as_str().unwrap().contains("event_id"),
+        "{reused:?}"
+    );
+    assert_eq!(stack.subscriptions().await.len(), 1);
+    assert!(
+        stack
+            .adapter
+            .logs()
+            .contains("delivery acknowledged, not applied"),
+        "{}",
+        stack.adapter.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,16 +430,25 @@ async fn deliveries_failing_verification_get_403_and_change_nothing() {
     assert!(stack.tenants().await.is_empty());
     assert!(stack.subscriptions().await.is_empty());
 
-    // Signed right but unreadable: 400.
+    // Signed right but unreadable: acknowledged (200, no redelivery could
+    // mend it), said why, and logged.
     let not_json =
         stack
             .adapter
             .deliver_with(SECRET, "msg_2", "{\"type\": \"subscription.created\",", &[]);
-    assert_eq!(not_json.status, 400, "{not_json:?}");
+    assert_eq!(
+        (not_json.status, not_json.body["outcome"].as_str()),
+        (200, Some("invalid")),
+        "{not_json:?}"
+    );
     let mut no_id = subscription("subscription.created", "prod_free", "active", 1);
     no_id["data"].as_object_mut().unwrap().remove("id");
     let missing = stack.adapter.deliver("msg_3", &no_id);
-    assert_eq!(missing.status, 400, "{missing:?}");
+    assert_eq!(
+        (missing.status, missing.body["outcome"].as_str()),
+        (200, Some("invalid")),
+        "{missing:?}"
+    );
     assert!(
         missing.body["error"].as_str().unwrap().contains("`id`"),
         "{missing:?}"
