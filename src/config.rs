@@ -79,9 +79,21 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// `RUST_LOG`, when set to something.
+pub fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
 impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
+        // RUST_LOG (what Rust operators try first) stands in for the default
+        // filter; a file's `log_filter` and TOLLGATE_LOG_FILTER still win.
+        if let Some(filter) = rust_log() {
+            figment = figment.merge(Serialized::default("log_filter", filter));
+        }
         if let Some(file) = file {
             if !file.is_file() {
                 bail!("config file {} does not exist", file.display());

@@ -78,8 +78,15 @@ impl Email {
     }
 }
 
-/// A name or company name: at most 200 characters, may be empty.
+/// A name or company name: at most 200 characters, may be empty, never
+/// whitespace alone (it would show as blank: empty says none).
 pub fn parse_name(field: &str, s: &str) -> Result<String, FieldViolation> {
+    if !s.is_empty() && s.trim().is_empty() {
+        return Err(FieldViolation::new(
+            field,
+            "must not be whitespace alone (leave it empty for none)",
+        ));
+    }
     bounded(field, s, 200, false)
 }
 

@@ -281,6 +281,28 @@ fn status_in(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from_i32(number))
 }
 
+/// tonic refuses a request past `max_decoding_message_size` with
+/// OUT_OF_RANGE; gRPC's status table says RESOURCE_EXHAUSTED (what other
+/// gRPC servers answer, and what clients expect for "too large"). It
+/// answers before any handler, in the headers or the trailers.
+fn oversized_as_resource_exhausted(headers: &mut http::HeaderMap) {
+    if headers
+        .get("grpc-status")
+        .is_none_or(|v| v.as_bytes() != b"11")
+    {
+        return;
+    }
+    // The message as sent is percent-encoded: read it back decoded.
+    let oversized = tonic::Status::from_header_map(headers).is_some_and(|s| {
+        s.message()
+            .starts_with("Error, decoded message length too large")
+    });
+    if oversized {
+        // 8: RESOURCE_EXHAUSTED.
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+}
+
 pin_project_lite::pin_project! {
     pub struct ObserveFuture<F> {
         #[pin]
@@ -304,7 +326,8 @@ where
         let call = this.call.take().expect("polled after completion");
         Poll::Ready(match polled {
             Ok(response) => {
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
+                oversized_as_resource_exhausted(&mut parts.headers);
                 let call = if !call.observer.records() {
                     call.discard();
                     None
@@ -345,7 +368,12 @@ impl<B: Body> Body for Observed<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let polled = ready!(this.inner.poll_frame(cx));
+        let mut polled = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(frame)) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            oversized_as_resource_exhausted(trailers);
+        }
         let code = match &polled {
             Some(Ok(frame)) => frame
                 .trailers_ref()

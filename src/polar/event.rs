@@ -205,9 +205,16 @@ fn customer(c: &Customer) -> pb::Customer {
     pb::Customer {
         external_id: c.external_id.clone().unwrap_or_default(),
         email: c.email.clone().unwrap_or_default(),
-        // Tollgate keeps at most 200 characters of a name; a longer one is
-        // cut, not refused, so the delivery still applies.
-        name: c.name.as_deref().unwrap_or("").chars().take(200).collect(),
+        // Tollgate keeps at most 200 characters of a name and refuses one of
+        // whitespace alone: cut, or sent as none, so the delivery applies.
+        name: c
+            .name
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect(),
         provider_customer_id: c.id.clone(),
     }
 }
@@ -267,6 +274,23 @@ mod tests {
         // No modification yet: the creation time orders it.
         assert_eq!(r.modified_at.unwrap().seconds, 1_793_491_200);
         assert_eq!(r.current_period_end.unwrap().nanos, 500_000_000);
+    }
+
+    #[test]
+    fn a_blank_customer_name_is_sent_as_none_and_a_long_one_cut() {
+        for (name, sent) in [
+            (serde_json::json!("   "), String::new()),
+            (serde_json::json!("x".repeat(300)), "x".repeat(200)),
+            (serde_json::json!(" Ada "), " Ada ".to_owned()),
+        ] {
+            let mut data = subscription_data("active");
+            data["customer"]["name"] = name;
+            let body = delivery("subscription.updated", data);
+            let Action::Subscription(r) = action(&body, "msg_1").unwrap() else {
+                panic!("not a subscription");
+            };
+            assert_eq!(r.customer.unwrap().name, sent);
+        }
     }
 
     #[test]

@@ -85,9 +85,10 @@ pub struct Config {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
-    /// Which log lines to keep (`tracing` filter syntax).
-    #[arg(long, env = "TOLLGATE_POLAR_LOG_FILTER", default_value = "info")]
-    pub log_filter: String,
+    /// Which log lines to keep (`tracing` filter syntax); unset: `RUST_LOG`,
+    /// else `info`.
+    #[arg(long, env = "TOLLGATE_POLAR_LOG_FILTER")]
+    pub log_filter: Option<String>,
     /// Address of the Prometheus endpoint (GET /metrics); none when unset.
     #[arg(long, env = "TOLLGATE_POLAR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -511,7 +512,11 @@ pub fn run() -> std::process::ExitCode {
         let _guard = match crate::telemetry::init(
             "tollgate-polar",
             config.log_format,
-            &config.log_filter,
+            &config
+                .log_filter
+                .clone()
+                .or_else(crate::config::rust_log)
+                .unwrap_or_else(|| "info".to_owned()),
             otlp,
         ) {
             Ok(g) => g,

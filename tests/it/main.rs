@@ -11,6 +11,7 @@ mod cluster;
 mod credits;
 mod e2e_grpcurl;
 mod e2e_python;
+mod hardening;
 mod health;
 mod helpers;
 mod invoices;

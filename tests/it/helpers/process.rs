@@ -53,7 +53,7 @@ pub fn spawn_listening(
 pub fn tollgate() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     for (key, _) in std::env::vars() {
-        if key.starts_with("TOLLGATE_") {
+        if key.starts_with("TOLLGATE_") || key == "RUST_LOG" {
             cmd.env_remove(key);
         }
     }
