@@ -13,7 +13,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{domain::key::KeyEnvironment, store::sql::Backend};
+use crate::{
+    domain::{key::KeyEnvironment, secret::UncheckedSecrets},
+    store::sql::Backend,
+};
 
 const DEFAULTS: &str = include_str!("config.default.toml");
 
@@ -60,6 +63,7 @@ pub struct Config {
     pub redis_key_prefix: String,
     pub redis_timeout_millis: u64,
     pub redis_failure: RedisFailure,
+    pub unchecked_secrets: UncheckedSecrets,
     pub shutdown_grace_seconds: u64,
     pub admin_token: String,
 }
@@ -241,6 +245,7 @@ impl fmt::Debug for Config {
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_millis", &self.redis_timeout_millis)
             .field("redis_failure", &self.redis_failure)
+            .field("unchecked_secrets", &self.unchecked_secrets)
             .field(
                 "admin_token",
                 &(!self.admin_token.is_empty()).then_some("<set>"),

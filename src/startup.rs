@@ -194,12 +194,10 @@ impl Application {
                 ))
             }
         };
-        let verifier = Arc::new(Verifier::new(
-            store.clone(),
-            cache,
-            limiter.clone(),
-            store.clone(),
-        ));
+        let verifier = Arc::new(
+            Verifier::new(store.clone(), cache, limiter.clone(), store.clone())
+                .with_unchecked_secrets(self.config.unchecked_secrets),
+        );
         let flusher = tokio::spawn(flush_every(
             limiter.clone(),
             Duration::from_millis(self.config.usage_flush_millis),

@@ -12,9 +12,10 @@ use crate::{
         Error, Result, Timestamp,
         credits::CreditType,
         key::ApiKey,
+        key::KeyEnvironment,
         now,
         plan::{Plan, RateLimit},
-        secret::SecretHash,
+        secret::{SecretHash, Shape, UncheckedSecrets, shape},
         tenant::Tenant,
         verify::{
             BucketOutcome, Period, VerifyCode, VerifyInput, billed_overage, gate, hard_cap,
@@ -171,6 +172,7 @@ pub struct Verifier {
     cache: Arc<EntitlementCache>,
     limiter: Arc<dyn Limiter>,
     credits: Arc<dyn CreditStore>,
+    unchecked: UncheckedSecrets,
 }
 
 impl Verifier {
@@ -185,6 +187,27 @@ impl Verifier {
             cache,
             limiter,
             credits,
+            unchecked: UncheckedSecrets::Accept,
+        }
+    }
+
+    /// What to do with keys issued before checksums (accepted by default).
+    pub fn with_unchecked_secrets(mut self, unchecked: UncheckedSecrets) -> Self {
+        self.unchecked = unchecked;
+        self
+    }
+
+    /// Whether `secret` is worth a lookup: a made-up one (no prefix of ours,
+    /// a wrong checksum, a shape never issued) is refused unread.
+    fn worth_looking_up(&self, secret: &str) -> bool {
+        let shape = [KeyEnvironment::Live, KeyEnvironment::Test]
+            .into_iter()
+            .find(|env| secret.starts_with(env.secret_prefix()))
+            .map_or(Shape::Malformed, |env| shape(secret, env.secret_prefix()));
+        match shape {
+            Shape::Checked => true,
+            Shape::Unchecked => self.unchecked == UncheckedSecrets::Accept,
+            Shape::BadChecksum | Shape::Malformed => false,
         }
     }
 
@@ -229,6 +252,9 @@ impl Verifier {
             credits: None,
             at,
         };
+        if !self.worth_looking_up(&input.secret) {
+            return Ok(verdict);
+        }
         let hash = SecretHash::of(&input.secret);
         let Some(e) = self.entitlement(hash, at).await? else {
             return Ok(verdict);

@@ -398,15 +398,16 @@ fn assert_secret_shape(secret: &str, key: &pb::Key, env_prefix: &str) {
     let body = secret
         .strip_prefix(env_prefix)
         .unwrap_or_else(|| panic!("secret should start with {env_prefix}"));
-    assert!(
-        secret.len() >= env_prefix.len() + 43,
-        "secret of {} characters is too short for 32 bytes in base58",
-        secret.len()
-    );
-    let bytes = bs58::decode(body)
+    // 44 base58 characters of 32 random bytes, then 6 of a checksum.
+    assert_eq!(body.len(), 50, "{secret:?}");
+    let bytes = bs58::decode(&body[..44])
         .into_vec()
         .expect("base58 after the prefix");
-    assert_eq!(bytes.len(), 32, "32 random bytes");
+    assert!(bytes.len() >= 32, "32 random bytes (and leading padding)");
+    assert_eq!(
+        tollgate::domain::secret::shape(secret, env_prefix),
+        tollgate::domain::secret::Shape::Checked
+    );
     assert!(
         key.prefix.starts_with(env_prefix) && key.prefix.len() > env_prefix.len(),
         "prefix {:?} shows the environment and some of the secret",

@@ -16,6 +16,7 @@ mod health;
 mod helpers;
 mod invoices;
 mod leases;
+mod made_up_secrets;
 mod metrics;
 mod polar;
 mod readme;

@@ -6,6 +6,7 @@ mod process;
 mod python;
 mod redis_cluster;
 mod redis_server;
+mod sql_count;
 
 use tollgate::{
     config::{Config, Overrides},
@@ -26,6 +27,7 @@ pub use process::{
 pub use python::{grpcurl, python_script, venv};
 pub use redis_cluster::TestRedisCluster;
 pub use redis_server::TestRedis;
+pub use sql_count::SqlCount;
 
 pub const PG_HINT: &str = "PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres): start it (pg_ctlcluster 15 main start) or set TOLLGATE_TEST_POSTGRES_URL";
 
