@@ -56,6 +56,7 @@ pub struct Config {
     pub otlp_endpoint: String,
     pub credential_cache_seconds: u64,
     pub key_cache_seconds: u64,
+    pub key_cache_entries: usize,
     pub usage_flush_millis: u64,
     pub usage_sweep_seconds: u64,
     pub redis_url: String,
@@ -140,6 +141,9 @@ impl Config {
         }
         if self.database_url.is_empty() && self.data_dir.as_os_str().is_empty() {
             bail!("data_dir must be set when database_url is empty");
+        }
+        if self.key_cache_entries == 0 {
+            bail!("key_cache_entries must be at least 1");
         }
         if self.usage_flush_millis == 0 {
             bail!("usage_flush_millis must be at least 1");

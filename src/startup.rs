@@ -163,8 +163,9 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = ServerMetrics::register(&mut registry, self.redis.is_some());
         let store = Arc::new(self.store.clone());
-        let cache = Arc::new(EntitlementCache::new(
+        let cache = Arc::new(EntitlementCache::with_capacity(
             Duration::from_secs(self.config.key_cache_seconds),
+            self.config.key_cache_entries,
             metrics.cache.clone(),
         ));
         let mut catalog = Catalog::new(store.clone()).with_listener(cache.clone());

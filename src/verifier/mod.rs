@@ -1,13 +1,12 @@
 //! The Verify use case: find the key (from a bounded in-process cache, so a
 //! hit runs no SQL), apply the rules in order, and admit through the limiter.
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod cache;
+
+use std::sync::Arc;
+
+pub use cache::EntitlementCache;
 
 use crate::{
-    catalog::{Change, ChangeListener},
     domain::{
         Error, Result, Timestamp,
         credits::CreditType,
@@ -24,7 +23,6 @@ use crate::{
     },
     limiter::{Admission, Decision, Limiter, QuotaCharge, UsageKey},
     store::{CatalogStore, CreditStore},
-    telemetry::metrics::CacheMetrics,
 };
 
 /// Everything a verification needs about a secret, loaded together.
@@ -47,98 +45,6 @@ impl Entitlement {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
-    }
-}
-
-struct Entry {
-    /// `None`: no key has this secret (remembered too, so a flood of made-up
-    /// secrets does not become a flood of SQL).
-    entitlement: Option<Arc<Entitlement>>,
-    loaded: Instant,
-    /// A caller is reloading this expired entry; the others keep using it.
-    refreshing: bool,
-}
-
-const MAX_ENTRIES: usize = 100_000;
-
-/// Entitlements by secret hash, forgotten on change or after `ttl`.
-pub struct EntitlementCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
-    metrics: CacheMetrics,
-}
-
-impl EntitlementCache {
-    pub fn new(ttl: Duration, metrics: CacheMetrics) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::default(),
-            metrics,
-        }
-    }
-
-    /// A fresh entry; or, for an expired one, `None` to the first caller
-    /// (who reloads it) and the expired entry to everyone else meanwhile, so
-    /// an expiry under load costs one reload rather than one per call in
-    /// flight. The TTL is only the backstop: changes remove entries at once.
-    fn get(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
-        let found = self.lookup(hash);
-        match found {
-            Some(_) => self.metrics.hits.inc(),
-            None => self.metrics.misses.inc(),
-        };
-        found
-    }
-
-    fn lookup(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
-        let mut entries = self.entries.lock().expect("cache lock");
-        let entry = entries.get_mut(hash.as_bytes())?;
-        let age = entry.loaded.elapsed();
-        if age < self.ttl || (entry.refreshing && age < self.ttl * 2) {
-            return Some(entry.entitlement.clone());
-        }
-        entry.refreshing = true;
-        None
-    }
-
-    fn put(&self, hash: &SecretHash, entitlement: Option<Arc<Entitlement>>) {
-        let mut entries = self.entries.lock().expect("cache lock");
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(
-            *hash.as_bytes(),
-            Entry {
-                entitlement,
-                loaded: Instant::now(),
-                refreshing: false,
-            },
-        );
-    }
-}
-
-impl EntitlementCache {
-    /// Forgets everything (after changes may have been missed).
-    pub fn clear(&self) {
-        self.entries.lock().expect("cache lock").clear();
-    }
-}
-
-impl ChangeListener for EntitlementCache {
-    fn changed(&self, change: Change) {
-        let mut entries = self.entries.lock().expect("cache lock");
-        entries.retain(|_, e| {
-            let Some(e) = &e.entitlement else {
-                // A new or changed key may now own a secret remembered as
-                // unknown; forget those on any key change.
-                return !matches!(change, Change::Key(_));
-            };
-            match change {
-                Change::Key(id) => e.key.id != id,
-                Change::Tenant(id) => e.tenant.id != id,
-                Change::Plan(id) => e.plan.id != id,
-            }
-        });
     }
 }
 
