@@ -2,8 +2,7 @@
 //! `authorization: Bearer <token>`, finds the credential by the token's
 //! SHA-256, and checks its scope against the service called.
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -55,7 +54,9 @@ type Cached = (Option<Credential>, SecretHash, Instant);
 pub struct Authenticator {
     store: Arc<dyn CredentialStore>,
     ttl: Duration,
-    cache: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+    /// Bounded and scan-resistant (as the key cache): a flood of unknown
+    /// tokens cannot push the credentials in use out.
+    cache: Arc<quick_cache::sync::Cache<[u8; 32], Cached>>,
 }
 
 impl Authenticator {
@@ -63,7 +64,7 @@ impl Authenticator {
         Self {
             store,
             ttl,
-            cache: Arc::default(),
+            cache: Arc::new(quick_cache::sync::Cache::new(MAX_CACHED)),
         }
     }
 
@@ -100,23 +101,20 @@ impl Authenticator {
 
     async fn find(&self, hash: SecretHash) -> Result<Credential, Error> {
         let key = *hash.as_bytes();
-        if let Some((credential, stored, at)) = self.cache.lock().expect("cache lock").get(&key) {
+        if let Some((credential, stored, at)) = self.cache.get(&key) {
             let ttl = if credential.is_some() {
                 self.ttl
             } else {
                 UNKNOWN_FOR.min(self.ttl)
             };
             // The map lookup found it by digest; confirm in constant time.
-            if at.elapsed() < ttl && *stored == hash {
-                return credential.clone().ok_or_else(unknown);
+            if at.elapsed() < ttl && stored == hash {
+                return credential.ok_or_else(unknown);
             }
         }
         let credential = self.store.find_credential(hash).await?;
-        let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(key, (credential.clone(), hash, Instant::now()));
+        self.cache
+            .insert(key, (credential.clone(), hash, Instant::now()));
         credential.ok_or_else(unknown)
     }
 }

@@ -28,14 +28,18 @@ fn old_style_secret() -> String {
     )
 }
 
-/// A server on PostgreSQL (whose statements the count sees) that never
-/// flushes during the test, with a key issued now and one from before
+/// A server on PostgreSQL (whose statements the count sees) that neither
+/// flushes nor reloads keys during the test, with a key issued now and one from before
 /// checksums; their secrets.
 async fn start(unchecked: UncheckedSecrets) -> (InProcess, String, String) {
     let server = InProcess::start_with(TestDb::postgres().await, None, |c| {
         c.unchecked_secrets = unchecked;
         c.usage_flush_millis = 3_600_000;
         c.usage_sweep_seconds = 3_600;
+        // Only what a test does reads SQL: no key or credential reloaded
+        // on a timer.
+        c.key_cache_seconds = 3_600;
+        c.credential_cache_seconds = 3_600;
     })
     .await;
     let plan = server
@@ -195,4 +199,34 @@ async fn made_up_bearer_tokens_cost_no_sql_and_unknown_ones_one() {
         assert!(with("someone's guess").await.is_err());
     }
     assert_eq!(count.take(), 0, "remembered as unknown");
+}
+
+/// 12,000 unknown tokens (more than the credential cache holds) go by,
+/// each looked up once; the credential in use stays cached all along (the
+/// cache emptied itself when full, so the next call read SQL again).
+#[tokio::test]
+async fn a_flood_of_unknown_tokens_does_not_evict_the_credential_in_use() {
+    let (count, _guard) = SqlCount::install();
+    let (server, new, _) = start(UncheckedSecrets::Accept).await;
+    SqlCount::rebuild_interest();
+    let mut client = VerifyClient::new(server.channel());
+    let mut with = async |token: &str| {
+        client
+            .verify(with_token(call(&new, None, &[]), token))
+            .await
+            .map(drop)
+    };
+    assert!(with(&server.verify_token).await.is_ok());
+    for i in 0..12_000 {
+        assert!(with(&format!("guess {i}")).await.is_err());
+        if i % 100 == 99 {
+            count.take();
+            assert!(with(&server.verify_token).await.is_ok());
+            assert_eq!(
+                count.take(),
+                0,
+                "the credential in use is still cached at {i}"
+            );
+        }
+    }
 }
