@@ -191,10 +191,7 @@ impl Config {
             if self.admin_token.chars().count() < 32 {
                 bail!("admin_token must be at least 32 characters");
             }
-            if [KeyEnvironment::Live, KeyEnvironment::Test]
-                .iter()
-                .any(|e| self.admin_token.starts_with(e.secret_prefix()))
-            {
+            if KeyEnvironment::of_secret(&self.admin_token).is_some() {
                 bail!("admin_token must not look like an API key (tg_live_/tg_test_)");
             }
         }

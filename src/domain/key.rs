@@ -37,6 +37,13 @@ impl KeyEnvironment {
         }
     }
 
+    /// The environment whose prefix `secret` starts with, if any.
+    pub fn of_secret(secret: &str) -> Option<Self> {
+        [Self::Live, Self::Test]
+            .into_iter()
+            .find(|env| secret.starts_with(env.secret_prefix()))
+    }
+
     pub fn issue_secret(self) -> IssuedSecret {
         IssuedSecret::generate(self.secret_prefix())
     }

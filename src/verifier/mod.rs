@@ -106,9 +106,7 @@ impl Verifier {
     /// Whether `secret` is worth a lookup: a made-up one (no prefix of ours,
     /// a wrong checksum, a shape never issued) is refused unread.
     fn worth_looking_up(&self, secret: &str) -> bool {
-        let shape = [KeyEnvironment::Live, KeyEnvironment::Test]
-            .into_iter()
-            .find(|env| secret.starts_with(env.secret_prefix()))
+        let shape = KeyEnvironment::of_secret(secret)
             .map_or(Shape::Malformed, |env| shape(secret, env.secret_prefix()));
         match shape {
             Shape::Checked => true,
