@@ -55,11 +55,18 @@ fn base58_padded(bytes: &[u8], len: usize) -> String {
     format!("{}{encoded}", "1".repeat(len.saturating_sub(encoded.len())))
 }
 
-fn checksum(prefix: &str, random: &str) -> String {
+/// The checksum's characters, on the stack: every Verify computes one.
+fn checksum(prefix: &str, random: &str) -> [u8; CHECK_LEN] {
     let mut digest = CRC.digest();
     digest.update(prefix.as_bytes());
     digest.update(random.as_bytes());
-    base58_padded(&digest.finalize().to_be_bytes(), CHECK_LEN)
+    let mut encoded = [0u8; CHECK_LEN];
+    let len = bs58::encode(digest.finalize().to_be_bytes())
+        .onto(&mut encoded[..])
+        .expect("a CRC-32 is at most 6 base58 characters");
+    let mut padded = [b'1'; CHECK_LEN];
+    padded[CHECK_LEN - len..].copy_from_slice(&encoded[..len]);
+    padded
 }
 
 /// What a presented secret can be, told from its text alone.
@@ -102,7 +109,7 @@ pub fn shape(secret: &str, prefix: &str) -> Shape {
     }
     if body.len() == RANDOM_LEN + CHECK_LEN {
         let (random, check) = body.split_at(RANDOM_LEN);
-        return if checksum(prefix, random) == check {
+        return if checksum(prefix, random) == check.as_bytes() {
             Shape::Checked
         } else {
             Shape::BadChecksum
@@ -131,6 +138,7 @@ impl IssuedSecret {
         rand::rng().fill_bytes(&mut bytes);
         let random = base58_padded(&bytes, RANDOM_LEN);
         let check = checksum(prefix, &random);
+        let check = std::str::from_utf8(&check).expect("base58 is ASCII");
         Self {
             secret: format!("{prefix}{random}{check}"),
         }
