@@ -163,7 +163,7 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = ServerMetrics::register(&mut registry, self.redis.is_some());
         let store = Arc::new(self.store.clone());
-        let cache = Arc::new(EntitlementCache::with_capacity(
+        let cache = Arc::new(EntitlementCache::new(
             Duration::from_secs(self.config.key_cache_seconds),
             self.config.key_cache_entries,
             metrics.cache.clone(),

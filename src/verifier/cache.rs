@@ -29,9 +29,6 @@ struct Entry {
     refreshing: AtomicBool,
 }
 
-/// Entries the cache holds by default.
-pub const DEFAULT_ENTRIES: usize = 1_000_000;
-
 /// Entitlements by secret hash, forgotten on change or after `ttl`.
 pub struct EntitlementCache {
     ttl: Duration,
@@ -40,11 +37,8 @@ pub struct EntitlementCache {
 }
 
 impl EntitlementCache {
-    pub fn new(ttl: Duration, metrics: CacheMetrics) -> Self {
-        Self::with_capacity(ttl, DEFAULT_ENTRIES, metrics)
-    }
-
-    pub fn with_capacity(ttl: Duration, capacity: usize, metrics: CacheMetrics) -> Self {
+    /// At most `capacity` entries (`key_cache_entries`).
+    pub fn new(ttl: Duration, capacity: usize, metrics: CacheMetrics) -> Self {
         let entries = Cache::new(capacity);
         Self {
             ttl,
@@ -134,11 +128,8 @@ mod tests {
     /// a cache of 10,000: over 99% of the hot lookups hit.
     #[test]
     fn a_scan_of_one_off_secrets_does_not_evict_the_hot_ones() {
-        let cache = EntitlementCache::with_capacity(
-            Duration::from_secs(600),
-            10_000,
-            CacheMetrics::default(),
-        );
+        let cache =
+            EntitlementCache::new(Duration::from_secs(600), 10_000, CacheMetrics::default());
         let hot: Vec<SecretHash> = (0..1_000).map(hash).collect();
         for h in &hot {
             cache.put(h, None);
