@@ -51,7 +51,7 @@ impl Metering {
     pub async fn usage(&self, tenant_id: TenantId, at: Option<Timestamp>) -> Result<UsageReport> {
         let tenant = self.catalog.get_tenant(&TenantRef::Id(tenant_id)).await?;
         let plan = self.catalog.get_plan(&PlanRef::Id(tenant.plan_id)).await?;
-        let period = tenant_period(&plan, &tenant, at.unwrap_or_else(now));
+        let period = tenant_period(&plan, &tenant.terms(), at.unwrap_or_else(now));
         let mut used: BTreeMap<Resource, i64> = plan
             .spec
             .quotas

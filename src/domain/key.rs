@@ -88,12 +88,69 @@ pub struct ApiKey {
 
 impl ApiKey {
     pub fn status(&self, at: Timestamp) -> KeyStatus {
-        if self.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if self.settings.expires_at.is_some_and(|e| e <= at) {
-            KeyStatus::Expired
-        } else {
-            KeyStatus::Active
+        status(self.revoked_at.is_some(), self.settings.expires_at, at)
+    }
+
+    /// What Verify applies of this key.
+    pub fn terms(&self) -> KeyTerms {
+        KeyTerms {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            revoked: self.revoked_at.is_some(),
+            disabled: self.settings.disabled,
+            expires_at: self.settings.expires_at,
+            overrides: (self.settings.rate_limit_override.is_some()
+                || !self.settings.quota_overrides.is_empty())
+            .then(|| {
+                Box::new(Overrides {
+                    rate_limit: self.settings.rate_limit_override,
+                    quotas: self.settings.quota_overrides.clone().into_boxed_slice(),
+                })
+            }),
         }
+    }
+}
+
+/// What Verify applies of a key. The key cache holds this rather than the
+/// key: its name, prefix, metadata and times answer no Verify, and a million
+/// cached keys should not each carry them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTerms {
+    pub id: KeyId,
+    pub tenant_id: TenantId,
+    pub revoked: bool,
+    pub disabled: bool,
+    pub expires_at: Option<Timestamp>,
+    /// Boxed: most keys have none, and then it costs 8 bytes, not 40.
+    overrides: Option<Box<Overrides>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Overrides {
+    rate_limit: Option<RateLimit>,
+    quotas: Box<[Quota]>,
+}
+
+impl KeyTerms {
+    pub fn status(&self, at: Timestamp) -> KeyStatus {
+        status(self.revoked, self.expires_at, at)
+    }
+
+    pub fn rate_limit_override(&self) -> Option<RateLimit> {
+        self.overrides.as_ref().and_then(|o| o.rate_limit)
+    }
+
+    pub fn quota_overrides(&self) -> &[Quota] {
+        self.overrides.as_ref().map_or(&[], |o| &o.quotas)
+    }
+}
+
+fn status(revoked: bool, expires_at: Option<Timestamp>, at: Timestamp) -> KeyStatus {
+    if revoked {
+        KeyStatus::Revoked
+    } else if expires_at.is_some_and(|e| e <= at) {
+        KeyStatus::Expired
+    } else {
+        KeyStatus::Active
     }
 }

@@ -118,7 +118,33 @@ pub struct Tenant {
     pub updated_at: Timestamp,
 }
 
+/// What Verify applies of a tenant (and the external id its answer shows),
+/// shared by the cached keys of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantTerms {
+    pub id: TenantId,
+    pub external_id: Option<ExternalId>,
+    pub plan_id: PlanId,
+    pub status: TenantStatus,
+    pub trial_end: Option<Timestamp>,
+    pub billing_period: Option<super::verify::Period>,
+    pub created_at: Timestamp,
+}
+
 impl Tenant {
+    /// What Verify applies of this tenant.
+    pub fn terms(&self) -> TenantTerms {
+        TenantTerms {
+            id: self.id,
+            external_id: self.profile.external_id.clone(),
+            plan_id: self.plan_id,
+            status: self.status,
+            trial_end: self.trial_end,
+            billing_period: self.billing_period,
+            created_at: self.created_at,
+        }
+    }
+
     /// Moves the tenant to `status` at `at`, noting a trial's start and its
     /// conversion to active.
     pub fn set_status(&mut self, status: TenantStatus, at: Timestamp) {

@@ -8,9 +8,9 @@ use time::{Date, Month, OffsetDateTime, Time};
 use super::{
     FieldViolation, Timestamp,
     credits::CreditType,
-    key::{ApiKey, KeyStatus},
+    key::{KeyStatus, KeyTerms},
     plan::{BillingInterval, Overage, Plan, Quota, QuotaReset, RateLimit, Resource},
-    tenant::{Tenant, TenantStatus},
+    tenant::{TenantStatus, TenantTerms},
 };
 
 /// Most units one call may cost.
@@ -127,13 +127,13 @@ impl VerifyInput {
 }
 
 /// The first key-or-tenant check that fails, in the order the contract gives.
-pub fn gate(key: &ApiKey, tenant: &Tenant, at: Timestamp) -> Option<VerifyCode> {
+pub fn gate(key: &KeyTerms, tenant: &TenantTerms, at: Timestamp) -> Option<VerifyCode> {
     match key.status(at) {
         KeyStatus::Revoked => return Some(VerifyCode::KeyRevoked),
         KeyStatus::Expired => return Some(VerifyCode::KeyExpired),
         KeyStatus::Active => {}
     }
-    if key.settings.disabled {
+    if key.disabled {
         return Some(VerifyCode::KeyDisabled);
     }
     if !tenant_active(tenant, at) {
@@ -143,7 +143,7 @@ pub fn gate(key: &ApiKey, tenant: &Tenant, at: Timestamp) -> Option<VerifyCode> 
 }
 
 /// Whether a tenant's customers may use the API at `at`.
-pub fn tenant_active(tenant: &Tenant, at: Timestamp) -> bool {
+pub fn tenant_active(tenant: &TenantTerms, at: Timestamp) -> bool {
     match tenant.status {
         TenantStatus::Active | TenantStatus::PastDue => true,
         TenantStatus::Trialing => tenant.trial_end.is_none_or(|end| at < end),
@@ -163,17 +163,16 @@ pub fn has_features(plan: &Plan, required: &[String]) -> bool {
 
 /// The rate limit in force: the key's override, else the plan's; and the
 /// bucket it fills (the key's own, or the tenant's shared one).
-pub fn rate_limit_for(key: &ApiKey, plan: &Plan) -> (RateLimit, String) {
-    match key.settings.rate_limit_override {
+pub fn rate_limit_for(key: &KeyTerms, plan: &Plan) -> (RateLimit, String) {
+    match key.rate_limit_override() {
         Some(limit) => (limit, format!("k:{}", key.id)),
         None => (plan.spec.rate_limit, format!("t:{}", key.tenant_id)),
     }
 }
 
 /// The quota on `resource` in force: the key's override, else the plan's.
-pub fn quota_for<'a>(key: &'a ApiKey, plan: &'a Plan, resource: &Resource) -> Option<&'a Quota> {
-    key.settings
-        .quota_overrides
+pub fn quota_for<'a>(key: &'a KeyTerms, plan: &'a Plan, resource: &Resource) -> Option<&'a Quota> {
+    key.quota_overrides()
         .iter()
         .chain(plan.spec.quotas.iter())
         .find(|q| &q.resource == resource)
@@ -259,7 +258,7 @@ pub struct Period {
 /// The period of `tenant`'s quotas on `plan` that contains `at`. Billing
 /// periods are the subscription's own when `at` falls in it, else anchored
 /// at its start (or, without a subscription, at the tenant's creation).
-pub fn tenant_period(plan: &Plan, tenant: &Tenant, at: Timestamp) -> Period {
+pub fn tenant_period(plan: &Plan, tenant: &TenantTerms, at: Timestamp) -> Period {
     if plan.spec.quota_reset == QuotaReset::BillingPeriod
         && let Some(p) = tenant.billing_period
         && p.start <= at
@@ -509,7 +508,6 @@ mod tests {
         use crate::domain::{
             ids::{PlanId, TenantId},
             plan::{Currency, PlanSpec, Price, Slug},
-            tenant::TenantProfile,
         };
         let created = datetime!(2026-01-03 9:00 UTC);
         let plan = Plan {
@@ -532,17 +530,14 @@ mod tests {
             created_at: created,
             updated_at: created,
         };
-        let mut tenant = Tenant {
+        let mut tenant = TenantTerms {
             id: TenantId::generate(),
-            profile: TenantProfile::default(),
+            external_id: None,
             plan_id: plan.id,
             status: TenantStatus::Active,
             trial_end: None,
             billing_period: None,
-            trial_started_at: None,
-            converted_at: None,
             created_at: created,
-            updated_at: created,
         };
         let at = datetime!(2026-11-20 0:00 UTC);
         // Without a subscription: months from the tenant's creation.

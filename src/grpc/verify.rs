@@ -102,7 +102,7 @@ fn verdict_to_pb(v: Verdict, view: View) -> pb::VerifyResponse {
             .map(|m| m.tenant().id.to_string())
             .unwrap_or_default(),
         external_id: matched
-            .and_then(|m| m.tenant().profile.external_id.as_ref())
+            .and_then(|m| m.tenant().external_id.as_ref())
             .map(|x| x.as_str().to_owned())
             .unwrap_or_default(),
         plan_slug: matched

@@ -3,8 +3,10 @@
 //! scan of one-off secrets cannot evict the hot ones); each entry used until
 //! it is changed or `ttl` old.
 use std::{
+    collections::HashMap,
+    hash::Hash,
     sync::{
-        Arc,
+        Arc, LazyLock, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -15,25 +17,126 @@ use quick_cache::sync::Cache;
 use super::Entitlement;
 use crate::{
     catalog::{Change, ChangeListener},
-    domain::secret::SecretHash,
+    domain::{
+        ids::{PlanId, TenantId},
+        plan::Plan,
+        secret::SecretHash,
+        tenant::TenantTerms,
+    },
     telemetry::metrics::CacheMetrics,
 };
 
-/// What a secret was found to be, and when.
-struct Entry {
-    /// `None`: no key has this secret (remembered too, so a flood of made-up
-    /// secrets of the old shape does not become a flood of SQL).
-    entitlement: Option<Arc<Entitlement>>,
-    loaded: Instant,
+/// When an entry was loaded, and whether a caller is reloading it: 8 bytes
+/// (an `Instant` is 16), as a million cached keys each carry one.
+pub(super) struct Loaded {
+    /// Tenths of a second since `EPOCH` (a u32 lasts 13 years).
+    at: u32,
     /// A caller is reloading this expired entry; the others keep using it.
     refreshing: AtomicBool,
+}
+
+fn cache_key(hash: &SecretHash) -> u128 {
+    let bytes = hash.as_bytes();
+    u128::from_le_bytes(bytes[..16].try_into().expect("16 of 32 bytes"))
+}
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn tenths_now() -> u32 {
+    u32::try_from(EPOCH.elapsed().as_millis() / 100).unwrap_or(u32::MAX)
+}
+
+impl Loaded {
+    pub(super) fn now() -> Self {
+        Self {
+            at: tenths_now(),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    fn age(&self) -> Duration {
+        Duration::from_millis(u64::from(tenths_now().saturating_sub(self.at)) * 100)
+    }
+}
+
+/// What a secret was found to be. The entitlement carries its own `Loaded`,
+/// so a cached key costs one allocation besides the cache's slot.
+#[derive(Clone)]
+enum Entry {
+    Known(Arc<Entitlement>),
+    /// No key has this secret (remembered too, so a flood of made-up secrets
+    /// of the old shape does not become a flood of SQL).
+    Unknown(Arc<Loaded>),
+}
+
+impl Entry {
+    fn loaded(&self) -> &Loaded {
+        match self {
+            Entry::Known(e) => &e.loaded,
+            Entry::Unknown(loaded) => loaded,
+        }
+    }
+
+    fn entitlement(&self) -> Option<Arc<Entitlement>> {
+        match self {
+            Entry::Known(e) => Some(e.clone()),
+            Entry::Unknown(_) => None,
+        }
+    }
 }
 
 /// Entitlements by secret hash, forgotten on change or after `ttl`.
 pub struct EntitlementCache {
     ttl: Duration,
-    entries: Cache<[u8; 32], Arc<Entry>>,
+    /// By the first 128 bits of the secret's SHA-256: 16 bytes less per entry,
+    /// and to be served another key's entry a secret would need a 128-bit
+    /// second preimage of a hash it does not know.
+    entries: Cache<u128, Entry>,
+    tenants: Shared<TenantId, TenantTerms>,
+    plans: Shared<PlanId, Plan>,
     metrics: CacheMetrics,
+}
+
+/// One copy of each value among the cached entries that hold it: a million
+/// keys of a thousand tenants hold a thousand tenants' terms. Only weak
+/// references are kept here, so a value goes with its last entry.
+struct Shared<K, V> {
+    live: Mutex<SharedMap<K, V>>,
+}
+
+struct SharedMap<K, V> {
+    values: HashMap<K, Weak<V>>,
+    /// Dead references are dropped when the map grows past this.
+    purge_at: usize,
+}
+
+impl<K: Eq + Hash, V: PartialEq> Shared<K, V> {
+    fn new() -> Self {
+        Self {
+            live: Mutex::new(SharedMap {
+                values: HashMap::new(),
+                purge_at: 1024,
+            }),
+        }
+    }
+
+    /// The copy already shared if it equals `value` (a changed value gets a
+    /// new copy; entries holding the old one are forgotten by the change).
+    fn share(&self, id: K, value: V) -> Arc<V> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = live.values.get(&id).and_then(Weak::upgrade)
+            && *existing == value
+        {
+            return existing;
+        }
+        let value = Arc::new(value);
+        live.values.insert(id, Arc::downgrade(&value));
+        if live.values.len() > live.purge_at {
+            live.values.retain(|_, v| v.strong_count() > 0);
+            live.purge_at = (live.values.len() * 2).max(1024);
+        }
+        value
+    }
 }
 
 impl EntitlementCache {
@@ -43,8 +146,20 @@ impl EntitlementCache {
         Self {
             ttl,
             entries,
+            tenants: Shared::new(),
+            plans: Shared::new(),
             metrics,
         }
+    }
+
+    /// The tenant's terms, shared with the cached keys of the same tenant.
+    pub(super) fn share_tenant(&self, terms: TenantTerms) -> Arc<TenantTerms> {
+        self.tenants.share(terms.id, terms)
+    }
+
+    /// The plan, shared with the cached keys on the same plan.
+    pub(super) fn share_plan(&self, plan: Plan) -> Arc<Plan> {
+        self.plans.share(plan.id, plan)
     }
 
     /// A fresh entry; or, for an expired one, `None` to the first caller
@@ -61,26 +176,24 @@ impl EntitlementCache {
     }
 
     fn lookup(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
-        let entry = self.entries.get(hash.as_bytes())?;
-        let age = entry.loaded.elapsed();
+        let entry = self.entries.get(&cache_key(hash))?;
+        let loaded = entry.loaded();
+        let age = loaded.age();
         if age < self.ttl {
-            return Some(entry.entitlement.clone());
+            return Some(entry.entitlement());
         }
-        if entry.refreshing.swap(true, Ordering::AcqRel) && age < self.ttl * 2 {
-            return Some(entry.entitlement.clone());
+        if loaded.refreshing.swap(true, Ordering::AcqRel) && age < self.ttl * 2 {
+            return Some(entry.entitlement());
         }
         None
     }
 
     pub(super) fn put(&self, hash: &SecretHash, entitlement: Option<Arc<Entitlement>>) {
-        self.entries.insert(
-            *hash.as_bytes(),
-            Arc::new(Entry {
-                entitlement,
-                loaded: Instant::now(),
-                refreshing: AtomicBool::new(false),
-            }),
-        );
+        let entry = match entitlement {
+            Some(e) => Entry::Known(e),
+            None => Entry::Unknown(Arc::new(Loaded::now())),
+        };
+        self.entries.insert(cache_key(hash), entry);
     }
 
     /// Forgets everything (after changes may have been missed).
@@ -102,17 +215,16 @@ impl ChangeListener for EntitlementCache {
     fn changed(&self, change: Change) {
         // Under each shard's lock: once this returns, no entry matching the
         // change is returned again.
-        self.entries
-            .retain(|_, entry: &Arc<Entry>| match &entry.entitlement {
-                // A new or changed key may now own a secret remembered as
-                // unknown; forget those on any key change.
-                None => !matches!(change, Change::Key(_)),
-                Some(e) => match change {
-                    Change::Key(id) => e.key.id != id,
-                    Change::Tenant(id) => e.tenant.id != id,
-                    Change::Plan(id) => e.plan.id != id,
-                },
-            });
+        self.entries.retain(|_, entry: &Entry| match entry {
+            // A new or changed key may now own a secret remembered as
+            // unknown; forget those on any key change.
+            Entry::Unknown(_) => !matches!(change, Change::Key(_)),
+            Entry::Known(e) => match change {
+                Change::Key(id) => e.key.id != id,
+                Change::Tenant(id) => e.tenant.id != id,
+                Change::Plan(id) => e.plan.id != id,
+            },
+        });
     }
 }
 

@@ -10,12 +10,11 @@ use crate::{
     domain::{
         Error, Result, Timestamp,
         credits::CreditType,
-        key::ApiKey,
-        key::KeyEnvironment,
+        key::{KeyEnvironment, KeyTerms},
         now,
         plan::{Plan, RateLimit},
         secret::{SecretHash, Shape, UncheckedSecrets, shape},
-        tenant::Tenant,
+        tenant::TenantTerms,
         verify::{
             BucketOutcome, Period, VerifyCode, VerifyInput, billed_overage, gate, hard_cap,
             has_features, quota_for, rate_limit_for, tenant_period,
@@ -25,21 +24,24 @@ use crate::{
     store::{CatalogStore, CreditStore},
 };
 
-/// Everything a verification needs about a secret, loaded together.
+/// Everything a verification needs about a secret, loaded together: the
+/// key's terms, and its tenant's and plan's shared with the other cached
+/// keys of that tenant and plan.
 pub struct Entitlement {
-    key: ApiKey,
+    key: KeyTerms,
     /// When this secret stops verifying (a rotated-out secret's grace end).
     secret_until: Option<Timestamp>,
-    tenant: Tenant,
-    plan: Plan,
+    tenant: Arc<TenantTerms>,
+    plan: Arc<Plan>,
+    loaded: cache::Loaded,
 }
 
 impl Entitlement {
-    pub fn key(&self) -> &ApiKey {
+    pub fn key(&self) -> &KeyTerms {
         &self.key
     }
 
-    pub fn tenant(&self) -> &Tenant {
+    pub fn tenant(&self) -> &TenantTerms {
         &self.tenant
     }
 
@@ -137,10 +139,11 @@ impl Verifier {
                 Error::Internal(anyhow::anyhow!("tenant {} has no plan", tenant.id))
             })?;
         let entry = Arc::new(Entitlement {
-            key,
+            key: key.terms(),
             secret_until,
-            tenant,
-            plan,
+            tenant: self.cache.share_tenant(tenant.terms()),
+            plan: self.cache.share_plan(plan),
+            loaded: cache::Loaded::now(),
         });
         self.cache.put(&hash, Some(entry.clone()));
         Ok(Some(entry))
