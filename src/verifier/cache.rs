@@ -35,11 +35,6 @@ pub(super) struct Loaded {
     refreshing: AtomicBool,
 }
 
-fn cache_key(hash: &SecretHash) -> u128 {
-    let bytes = hash.as_bytes();
-    u128::from_le_bytes(bytes[..16].try_into().expect("16 of 32 bytes"))
-}
-
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn tenths_now() -> u32 {
@@ -95,6 +90,12 @@ pub struct EntitlementCache {
     tenants: Shared<TenantId, TenantTerms>,
     plans: Shared<PlanId, Plan>,
     metrics: CacheMetrics,
+}
+
+/// The cache's key for a secret: the first 128 bits of its hash.
+fn cache_key(hash: &SecretHash) -> u128 {
+    let bytes = hash.as_bytes();
+    u128::from_le_bytes(bytes[..16].try_into().expect("16 of 32 bytes"))
 }
 
 /// One copy of each value among the cached entries that hold it: a million
