@@ -6,6 +6,10 @@
 //!
 //!     cargo bench --bench cache_memory [-- --keys 1000000 --tenants 250000 --plans 4]
 //!
+//! Then the flood: a fresh cache of 10,000 entries, 1,000 hot keys verified
+//! between the calls of 100,000 one-off keys (one each), and the share of
+//! hot calls the cache answered.
+//!
 //! The catalog is written to a database of its own on the PostgreSQL at
 //! 127.0.0.1:5432 (or `TOLLGATE_BENCH_POSTGRES`), dropped at the end, so
 //! the process holds nothing of it but the secrets it will present, which
@@ -215,15 +219,7 @@ async fn run(url: &str, keys: usize, tenants: usize, plans: usize) -> anyhow::Re
             .map(|secret| {
                 let verifier = &verifier;
                 async move {
-                    let end = secret.iter().position(|&b| b == 0).unwrap_or(secret.len());
-                    let input = VerifyInput {
-                        secret: std::str::from_utf8(&secret[..end])?.to_owned(),
-                        resource: None,
-                        units: 1,
-                        required_features: Vec::new(),
-                        credits: None,
-                    };
-                    let verdict = verifier.verify(&input).await?;
+                    let verdict = verifier.verify(&input(secret)?).await?;
                     anyhow::ensure!(verdict.code == VerifyCode::Valid, "every key verifies");
                     Ok(())
                 }
@@ -250,6 +246,64 @@ async fn run(url: &str, keys: usize, tenants: usize, plans: usize) -> anyhow::Re
         live as f64 / keys as f64,
         mib(resident),
         resident as f64 / keys as f64
+    );
+    drop((verifier, cache));
+    flood(store, &secrets).await
+}
+
+fn input(secret: &[u8; 64]) -> anyhow::Result<VerifyInput> {
+    let end = secret.iter().position(|&b| b == 0).unwrap_or(secret.len());
+    Ok(VerifyInput {
+        secret: std::str::from_utf8(&secret[..end])?.to_owned(),
+        resource: None,
+        units: 1,
+        required_features: Vec::new(),
+        credits: None,
+    })
+}
+
+const FLOOD_CACHE: usize = 10_000;
+const HOT: usize = 1_000;
+const ONE_OFF: usize = 100_000;
+
+/// The hot keys' hit rate while one-off keys pour through a small cache.
+/// One call at a time, so the misses around each hot call are its own.
+async fn flood(store: Arc<SqlStore>, secrets: &[[u8; 64]]) -> anyhow::Result<()> {
+    if secrets.len() < HOT + ONE_OFF {
+        println!("flood: skipped (needs {} keys)", HOT + ONE_OFF);
+        return Ok(());
+    }
+    let metrics = CacheMetrics::default();
+    let cache = Arc::new(EntitlementCache::new(
+        Duration::from_secs(3_600),
+        FLOOD_CACHE,
+        metrics.clone(),
+    ));
+    let limiter = Arc::new(LocalLimiter::new(store.clone(), UsageMetrics::default()));
+    let verifier = Verifier::new(store.clone(), cache.clone(), limiter, store.clone());
+    let (hot, one_off) = secrets[..HOT + ONE_OFF].split_at(HOT);
+    // The hot keys are in use before the flood starts.
+    for _ in 0..3 {
+        for secret in hot {
+            verifier.verify(&input(secret)?).await?;
+        }
+    }
+    let started = Instant::now();
+    let (mut hot_calls, mut hot_misses) = (0u64, 0u64);
+    for (i, secret) in one_off.iter().enumerate() {
+        let verdict = verifier.verify(&input(secret)?).await?;
+        anyhow::ensure!(verdict.code == VerifyCode::Valid, "every key verifies");
+        let before = metrics.misses.get();
+        verifier.verify(&input(&hot[i % HOT])?).await?;
+        hot_calls += 1;
+        hot_misses += metrics.misses.get() - before;
+    }
+    let hits = hot_calls - hot_misses;
+    println!(
+        "flood: {ONE_OFF} one-off keys and {hot_calls} calls of {HOT} hot keys through a cache of {FLOOD_CACHE} in {:.1} s; hot hits {hits} of {hot_calls} ({:.2}%); cache entries {}",
+        started.elapsed().as_secs_f64(),
+        100.0 * hits as f64 / hot_calls as f64,
+        cache.len()
     );
     Ok(())
 }

@@ -1,20 +1,18 @@
 //! The `tollgate` command line: `serve`, `migrate`, `health`, and `admin`
-//! commands.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+//! commands (credentials, on the database directly).
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::{
+    catalog::{Change, Credentials},
     config::{Config, LogFormat, Overrides},
     domain::{
-        credential::{Credential, Scope, issue_token},
-        ids::CredentialId,
-        now,
-        text::bounded,
+        Timestamp, credential::Scope, from_micros, ids::CredentialId, now, text::bounded, to_micros,
     },
-    startup::{Application, connect_store, open_store, shutdown_signal},
-    store::CredentialStore,
+    replicas::ChangeBus,
+    startup::{Application, connect_redis, connect_store, open_store, shutdown_signal},
     telemetry,
 };
 
@@ -87,7 +85,25 @@ enum AdminCommand {
         /// A name to tell the credential apart.
         #[arg(long, default_value = "")]
         name: String,
+        /// When the token stops being accepted, RFC 3339
+        /// (2027-06-30T00:00:00Z); default: never.
+        #[arg(long, value_parser = parse_time)]
+        expire_time: Option<Timestamp>,
     },
+    /// List every credential (never their tokens), one per line.
+    ListCredentials,
+    /// Revoke a credential for good. With `redis_url` set, running servers
+    /// are told at once; without, within `credential_cache_seconds`.
+    RevokeCredential {
+        /// The credential's id (`cred_…`, from list-credentials).
+        id: String,
+    },
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    let t = Timestamp::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("must be an RFC 3339 time such as 2027-06-30T00:00:00Z: {e}"))?;
+    from_micros(to_micros(t)).ok_or_else(|| "is out of range".into())
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -177,12 +193,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Admin(AdminCommand::Bootstrap { name }) => {
-            create_credential(&config, Scope::Admin, &name).await
-        }
-        Command::Admin(AdminCommand::CreateCredential { scope, name }) => {
-            create_credential(&config, scope, &name).await
-        }
+        Command::Admin(command) => admin(&config, command).await,
     }
 }
 
@@ -222,26 +233,89 @@ async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<
     Ok(())
 }
 
-async fn create_credential(config: &Config, scope: Scope, name: &str) -> anyhow::Result<()> {
-    let name = bounded("--name", name, 200, false).map_err(|v| anyhow::anyhow!("{v}"))?;
-    let store = open_store(config).await?;
-    let token = issue_token();
-    let credential = Credential {
-        id: CredentialId::generate(),
-        name,
-        scope,
-        created_at: now(),
+async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    let store = Arc::new(open_store(config).await?);
+    let credentials = Credentials::new(store.clone(), Vec::new());
+    let done = match command {
+        AdminCommand::Bootstrap { name } => {
+            create_credential(&credentials, Scope::Admin, &name, None).await
+        }
+        AdminCommand::CreateCredential {
+            scope,
+            name,
+            expire_time,
+        } => create_credential(&credentials, scope, &name, expire_time).await,
+        AdminCommand::ListCredentials => list_credentials(&credentials).await,
+        AdminCommand::RevokeCredential { id } => revoke_credential(config, &credentials, &id).await,
     };
-    store
-        .create_credential(&credential, token.hash())
+    store.close().await;
+    done
+}
+
+async fn create_credential(
+    credentials: &Credentials,
+    scope: Scope,
+    name: &str,
+    expires_at: Option<Timestamp>,
+) -> anyhow::Result<()> {
+    let name = bounded("--name", name, 200, false).map_err(|v| anyhow::anyhow!("{v}"))?;
+    let issued = credentials
+        .create(scope, name, expires_at)
         .await
         .context("storing the credential")?;
-    store.close().await;
     eprintln!(
         "created {} credential {}; the token below is shown only once:",
         scope.as_str(),
-        credential.id
+        issued.credential.id
     );
-    println!("{}", token.expose());
+    println!("{}", issued.token.expose());
+    Ok(())
+}
+
+async fn list_credentials(credentials: &Credentials) -> anyhow::Result<()> {
+    let at = now();
+    let rfc3339 = |t: Option<Timestamp>| {
+        t.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    println!("ID\tSCOPE\tSTATUS\tCREATED\tEXPIRES\tREVOKED\tNAME");
+    for c in credentials.list().await.context("listing credentials")? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            c.id,
+            c.scope.as_str(),
+            c.status(at).as_str(),
+            rfc3339(Some(c.created_at)),
+            rfc3339(c.expires_at),
+            rfc3339(c.revoked_at),
+            c.name
+        );
+    }
+    Ok(())
+}
+
+async fn revoke_credential(
+    config: &Config,
+    credentials: &Credentials,
+    id: &str,
+) -> anyhow::Result<()> {
+    let id = CredentialId::parse("ID", id).map_err(|v| anyhow::anyhow!("{v}"))?;
+    let credential = credentials.revoke(id).await?;
+    // The servers' caches forget it when told on the change channel.
+    if let Some(redis) = connect_redis(config).await? {
+        ChangeBus::new(redis.bulk.clone(), &config.redis_key_prefix)
+            .publish(Change::Credential(id))
+            .await
+            .context("telling the servers through Redis (the credential is revoked)")?;
+    }
+    eprintln!(
+        "revoked {} credential {} ({})",
+        credential.scope.as_str(),
+        credential.id,
+        credential.name
+    );
     Ok(())
 }

@@ -8,10 +8,9 @@ use redis::AsyncCommands;
 
 use crate::{
     catalog::{Change, ChangeListener},
-    domain::ids::{KeyId, PlanId, TenantId},
+    domain::ids::{CredentialId, KeyId, PlanId, TenantId},
     shared_redis::RedisConn,
     telemetry::metrics::ChangeMetrics,
-    verifier::EntitlementCache,
 };
 
 /// The channel changes are published on.
@@ -24,6 +23,7 @@ fn encode(change: Change) -> String {
         Change::Key(id) => id.to_string(),
         Change::Tenant(id) => id.to_string(),
         Change::Plan(id) => id.to_string(),
+        Change::Credential(id) => id.to_string(),
     }
 }
 
@@ -33,10 +33,12 @@ fn decode(message: &str) -> Option<Change> {
         .map(Change::Key)
         .or_else(|_| TenantId::parse("", message).map(Change::Tenant))
         .or_else(|_| PlanId::parse("", message).map(Change::Plan))
+        .or_else(|_| CredentialId::parse("", message).map(Change::Credential))
         .ok()
 }
 
 /// Publishes this replica's changes to the others.
+#[derive(Clone)]
 pub struct ChangeBus {
     conn: RedisConn,
     channel: String,
@@ -49,29 +51,37 @@ impl ChangeBus {
             channel: channel(prefix),
         }
     }
+
+    /// Publishes `change` and waits until Redis has it (for a command
+    /// that exits right after).
+    pub async fn publish(&self, change: Change) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        conn.publish::<_, _, i64>(&self.channel, encode(change))
+            .await
+            .map(drop)
+    }
 }
 
 impl ChangeListener for ChangeBus {
     fn changed(&self, change: Change) {
-        let mut conn = self.conn.clone();
-        let channel = self.channel.clone();
+        let bus = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = conn.publish::<_, _, i64>(&channel, encode(change)).await {
+            if let Err(error) = bus.publish(change).await {
                 // Other replicas see the change when their cache entry expires.
-                tracing::warn!(%error, ?change, "publishing a catalog change failed");
+                tracing::warn!(%error, ?change, "publishing a change failed");
             }
         });
     }
 }
 
-/// Applies other replicas' changes to `cache` until the process ends,
+/// Applies other replicas' changes to `caches` until the process ends,
 /// resubscribing after a lost connection, on the next node of `clients`
 /// (and then forgetting everything, since changes may have been missed
 /// meanwhile).
 pub async fn follow(
     clients: Vec<redis::Client>,
     prefix: String,
-    cache: Arc<EntitlementCache>,
+    caches: Arc<dyn ChangeListener>,
     metrics: ChangeMetrics,
 ) {
     let channel = channel(&prefix);
@@ -81,7 +91,7 @@ pub async fn follow(
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     if lost {
-                        cache.clear();
+                        caches.missed_changes();
                         metrics.reconnects.inc();
                         tracing::info!("following catalog changes again");
                     }
@@ -90,7 +100,7 @@ pub async fn follow(
                         metrics.received.inc();
                         let payload: String = message.get_payload().unwrap_or_default();
                         if let Some(change) = decode(&payload) {
-                            cache.changed(change);
+                            caches.changed(change);
                         }
                     }
                     tracing::warn!("lost the catalog change channel; reconnecting");
@@ -100,7 +110,7 @@ pub async fn follow(
             Err(error) => tracing::warn!(%error, "connecting for catalog changes failed"),
         }
         lost = true;
-        cache.clear();
+        caches.missed_changes();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -115,6 +125,7 @@ mod tests {
             Change::Key(KeyId::generate()),
             Change::Tenant(TenantId::generate()),
             Change::Plan(PlanId::generate()),
+            Change::Credential(CredentialId::generate()),
         ] {
             assert_eq!(decode(&encode(change)), Some(change));
         }

@@ -10,15 +10,9 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
-    catalog::Catalog,
+    catalog::{Catalog, ChangeListener, Credentials, Listeners},
     config::Config,
     credits::Credits,
-    domain::{
-        credential::{Credential, Scope},
-        ids::CredentialId,
-        now,
-        secret::SecretHash,
-    },
     grpc::{
         FILE_DESCRIPTOR_SET,
         auth::{AuthLayer, Authenticator},
@@ -42,7 +36,7 @@ use crate::{
     replicas::{self, ChangeBus},
     revenue::Revenue,
     shared_redis::SharedRedis,
-    store::{CredentialStore, sql::SqlStore},
+    store::sql::SqlStore,
     subscriptions::Subscriptions,
     telemetry::metrics::{self, ServerMetrics, UsageMetrics},
     verifier::{EntitlementCache, Verifier},
@@ -74,22 +68,18 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<SqlStore> {
     .await
 }
 
-/// Creates the admin credential given in `admin_token`, once.
-pub async fn seed_admin(config: &Config, store: &dyn CredentialStore) -> anyhow::Result<()> {
-    if config.admin_token.is_empty() {
-        return Ok(());
+/// The configured Redis, if any.
+pub async fn connect_redis(config: &Config) -> anyhow::Result<Option<SharedRedis>> {
+    if config.redis_url.is_empty() {
+        return Ok(None);
     }
-    let credential = Credential {
-        id: CredentialId::generate(),
-        name: "admin_token setting".into(),
-        scope: Scope::Admin,
-        created_at: now(),
-    };
-    store
-        .ensure_credential(&credential, SecretHash::of(&config.admin_token))
-        .await
-        .context("seeding the admin credential from admin_token")?;
-    Ok(())
+    let redis = SharedRedis::connect(
+        &config.redis_urls(),
+        config.redis_cluster,
+        Duration::from_millis(config.redis_timeout_millis),
+    )
+    .await?;
+    Ok(Some(redis))
 }
 
 pub struct Application {
@@ -107,19 +97,7 @@ impl Application {
     /// (port 0 picks a free port) before serving starts.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
-        seed_admin(&config, &store).await?;
-        let redis = if config.redis_url.is_empty() {
-            None
-        } else {
-            Some(Arc::new(
-                SharedRedis::connect(
-                    &config.redis_urls(),
-                    config.redis_cluster,
-                    Duration::from_millis(config.redis_timeout_millis),
-                )
-                .await?,
-            ))
-        };
+        let redis = connect_redis(&config).await?.map(Arc::new);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -168,18 +146,25 @@ impl Application {
             self.config.key_cache_entries,
             metrics.cache.clone(),
         ));
+        let auth = Authenticator::new(
+            store.clone(),
+            Duration::from_secs(self.config.credential_cache_seconds),
+        );
         let mut catalog = Catalog::new(store.clone()).with_listener(cache.clone());
+        let mut credential_listeners: Vec<Arc<dyn ChangeListener>> = vec![Arc::new(auth.clone())];
         let mut follower = None;
         let limiter: Arc<dyn Limiter> = match self.redis {
             None => Arc::new(LocalLimiter::new(store.clone(), metrics.usage.clone())),
             Some(redis) => {
                 let prefix = self.config.redis_key_prefix.clone();
-                catalog =
-                    catalog.with_listener(Arc::new(ChangeBus::new(redis.bulk.clone(), &prefix)));
+                let bus = Arc::new(ChangeBus::new(redis.bulk.clone(), &prefix));
+                catalog = catalog.with_listener(bus.clone());
+                credential_listeners.push(bus);
+                let caches = Listeners(vec![cache.clone(), Arc::new(auth.clone())]);
                 follower = Some(tokio::spawn(replicas::follow(
                     redis.subscribers.clone(),
                     prefix.clone(),
-                    cache.clone(),
+                    Arc::new(caches),
                     metrics.changes.clone(),
                 )));
                 Arc::new(RedisLimiter::new(
@@ -204,10 +189,15 @@ impl Application {
             Duration::from_millis(self.config.usage_flush_millis),
             metrics.usage.clone(),
         ));
-        let auth = Authenticator::new(
-            store.clone(),
-            Duration::from_secs(self.config.credential_cache_seconds),
-        );
+        let credentials = Credentials::new(store.clone(), credential_listeners);
+        if !self.config.admin_token.is_empty()
+            && !credentials
+                .seed_admin(&self.config.admin_token)
+                .await
+                .context("seeding the admin credential from admin_token")?
+        {
+            tracing::warn!("admin_token is a revoked credential: calls presenting it are refused");
+        }
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PlansServer<PlansService>>().await;
@@ -288,7 +278,7 @@ impl Application {
                 Invoicing::new(catalog.clone(), store.clone(), store.clone()),
                 Revenue::new(store.clone()),
             )))
-            .add_service(KeysServer::new(KeysService::new(catalog)))
+            .add_service(KeysServer::new(KeysService::new(catalog, credentials)))
             .add_service(VerifyServer::new(VerifyService::new(verifier, &metrics)))
             .serve_with_incoming_shutdown(incoming(self.listener), signal);
 

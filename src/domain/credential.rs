@@ -41,4 +41,39 @@ pub struct Credential {
     pub name: String,
     pub scope: Scope,
     pub created_at: Timestamp,
+    /// When its token stops being accepted, if ever.
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    /// Seeded from `admin_token`: the next token set there replaces it.
+    pub seeded: bool,
+}
+
+/// Whether a credential's token is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl Credential {
+    pub fn status(&self, at: Timestamp) -> CredentialStatus {
+        if self.revoked_at.is_some() {
+            CredentialStatus::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= at) {
+            CredentialStatus::Expired
+        } else {
+            CredentialStatus::Active
+        }
+    }
+}
+
+impl CredentialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
 }

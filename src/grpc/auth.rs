@@ -12,10 +12,12 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::{
+    catalog::{Change, ChangeListener},
     domain::{
         Error,
         credential::{Credential, Scope, TOKEN_PREFIX},
         key::KeyEnvironment,
+        now,
         secret::{SecretHash, Shape, shape},
     },
     store::CredentialStore,
@@ -88,6 +90,12 @@ impl Authenticator {
             return Err(unknown());
         }
         let credential = self.find(SecretHash::of(token)).await?;
+        if credential.expires_at.is_some_and(|at| at <= now()) {
+            return Err(Error::Unauthenticated(format!(
+                "credential {} has expired",
+                credential.id
+            )));
+        }
         match (needed, credential.scope) {
             (_, Scope::Admin) | (Scope::Verify, Scope::Verify) => Ok(credential),
             (Scope::Admin, Scope::Verify) => Err(Error::PermissionDenied(
@@ -113,6 +121,21 @@ impl Authenticator {
         self.cache
             .insert(key, (credential.clone(), hash, Instant::now()));
         credential.ok_or_else(unknown)
+    }
+}
+
+/// A revoked credential is forgotten at once, on every replica (the change
+/// comes through the change channel), rather than after the cache's TTL.
+impl ChangeListener for Authenticator {
+    fn changed(&self, change: Change) {
+        if let Change::Credential(id) = change {
+            self.cache
+                .retain(|_, (credential, _, _)| credential.as_ref().is_some_and(|c| c.id != id));
+        }
+    }
+
+    fn missed_changes(&self) {
+        self.cache.clear();
     }
 }
 

@@ -5,13 +5,14 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{id, key_patch, key_to_pb, new_key},
+    credentials::{credential_to_pb, new_credential},
     pb::{self, keys_server},
 };
 use crate::{
-    catalog::Catalog,
+    catalog::{Catalog, Credentials},
     domain::{
         Error,
-        ids::{KeyId, TenantId},
+        ids::{CredentialId, KeyId, TenantId},
         now,
         page::PageRequest,
     },
@@ -19,11 +20,15 @@ use crate::{
 
 pub struct KeysService {
     catalog: Catalog,
+    credentials: Credentials,
 }
 
 impl KeysService {
-    pub fn new(catalog: Catalog) -> Self {
-        Self { catalog }
+    pub fn new(catalog: Catalog, credentials: Credentials) -> Self {
+        Self {
+            catalog,
+            credentials,
+        }
     }
 }
 
@@ -96,5 +101,43 @@ impl keys_server::Keys for KeysService {
             key: Some(key_to_pb(&issued.key, now())),
             secret: issued.secret.into_exposed(),
         }))
+    }
+
+    async fn create_credential(
+        &self,
+        req: Request<pb::CreateCredentialRequest>,
+    ) -> Reply<pb::CreateCredentialResponse> {
+        let new = new_credential(&req.into_inner())?;
+        let issued = self
+            .credentials
+            .create(new.scope, new.name, new.expires_at)
+            .await?;
+        Ok(Response::new(pb::CreateCredentialResponse {
+            credential: Some(credential_to_pb(&issued.credential, now())),
+            token: issued.token.into_exposed(),
+        }))
+    }
+
+    async fn list_credentials(
+        &self,
+        _req: Request<pb::ListCredentialsRequest>,
+    ) -> Reply<pb::ListCredentialsResponse> {
+        let at = now();
+        let credentials = self.credentials.list().await?;
+        Ok(Response::new(pb::ListCredentialsResponse {
+            credentials: credentials
+                .iter()
+                .map(|c| credential_to_pb(c, at))
+                .collect(),
+        }))
+    }
+
+    async fn revoke_credential(
+        &self,
+        req: Request<pb::RevokeCredentialRequest>,
+    ) -> Reply<pb::Credential> {
+        let credential_id = id("id", &req.into_inner().id, CredentialId::parse)?;
+        let credential = self.credentials.revoke(credential_id).await?;
+        Ok(Response::new(credential_to_pb(&credential, now())))
     }
 }

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod billing;
 pub mod convert;
+pub mod credentials;
 pub mod keys;
 pub mod observe;
 pub mod plans;

@@ -8,7 +8,7 @@ use crate::domain::{
     credential::{Credential, Scope},
     credits::{Applied, Balance, CreditChange, CreditType, LedgerEntry},
     ids::InvoiceId,
-    ids::{KeyId, PlanId, TenantId},
+    ids::{CredentialId, KeyId, PlanId, TenantId},
     invoice::Invoice,
     key::ApiKey,
     page::PageRequest,
@@ -168,12 +168,29 @@ pub trait UsageStore: Send + Sync + 'static {
 /// The credentials that callers of the gRPC API present.
 #[async_trait]
 pub trait CredentialStore: Send + Sync + 'static {
+    /// Fails with `AlreadyExists` when the token is in use already.
     async fn create_credential(&self, credential: &Credential, token: SecretHash) -> Result<()>;
-    /// Creates the credential unless one with this token exists already; for
-    /// seeding from the environment on every start.
-    async fn ensure_credential(&self, credential: &Credential, token: SecretHash) -> Result<()>;
-    /// The unrevoked credential whose token hashes to `token`.
+    /// The credential of `admin_token`, on every start: creates it unless one
+    /// with this token exists already (a revoked one stays revoked), and
+    /// revokes, in the same transaction, every other seeded credential (a
+    /// token set before). Returns the ids revoked.
+    async fn seed_credential(
+        &self,
+        credential: &Credential,
+        token: SecretHash,
+    ) -> Result<Vec<CredentialId>>;
+    /// The unrevoked credential whose token hashes to `token`, expired or not.
     async fn find_credential(&self, token: SecretHash) -> Result<Option<Credential>>;
+    /// Every credential, revoked ones too, oldest first.
+    async fn list_credentials(&self) -> Result<Vec<Credential>>;
+    /// Revokes the credential at `at` (a revoked one keeps its first
+    /// revocation time); `None` if there is none with this id.
+    async fn revoke_credential(
+        &self,
+        id: CredentialId,
+        at: Timestamp,
+    ) -> Result<Option<Credential>>;
+    /// Unrevoked credentials of `scope`.
     async fn count_credentials(&self, scope: Scope) -> Result<i64>;
 }
 

@@ -214,6 +214,9 @@ impl EntitlementCache {
 
 impl ChangeListener for EntitlementCache {
     fn changed(&self, change: Change) {
+        if let Change::Credential(_) = change {
+            return; // not worth a pass over every entry
+        }
         // Under each shard's lock: once this returns, no entry matching the
         // change is returned again.
         self.entries.retain(|_, entry: &Entry| match entry {
@@ -224,8 +227,13 @@ impl ChangeListener for EntitlementCache {
                 Change::Key(id) => e.key.id != id,
                 Change::Tenant(id) => e.tenant.id != id,
                 Change::Plan(id) => e.plan.id != id,
+                Change::Credential(_) => true,
             },
         });
+    }
+
+    fn missed_changes(&self) {
+        self.clear();
     }
 }
 

@@ -23,6 +23,7 @@ mod readme;
 mod replicas;
 mod restart;
 mod revenue;
+mod service_credentials;
 mod signup;
 mod store;
 mod subscriptions;

@@ -55,15 +55,22 @@ impl Cluster {
         self.redis.take().expect("the cluster's Redis")
     }
 
-    /// A replica of the real binary, with extra `TOLLGATE_*` settings.
-    pub fn replica(&self, settings: &[(&str, &str)]) -> Server {
-        let mut env = vec![
+    /// The settings that put a process on the cluster's Redis.
+    pub fn redis_env(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
             ("TOLLGATE_REDIS_KEY_PREFIX", self.redis_prefix.clone()),
+        ]
+    }
+
+    /// A replica of the real binary, with extra `TOLLGATE_*` settings.
+    pub fn replica(&self, settings: &[(&str, &str)]) -> Server {
+        let mut env = self.redis_env();
+        env.extend([
             ("TOLLGATE_USAGE_FLUSH_MILLIS", "200".to_owned()),
             // Tests run side by side on one PostgreSQL: a few each.
             ("TOLLGATE_DATABASE_MAX_CONNECTIONS", "4".to_owned()),
-        ];
+        ]);
         // A wide budget: a loaded test machine's scheduling hiccups are not
         // the Redis failures another test covers.
         env.push(("TOLLGATE_REDIS_TIMEOUT_MILLIS", "2000".to_owned()));

@@ -186,6 +186,9 @@ pub(super) fn credential_from_row(row: &AnyRow) -> Result<Credential> {
         name: text(row, "name")?,
         scope: Scope::from_name(&text(row, "scope")?).ok_or_else(|| corrupt("scope"))?,
         created_at: time(row, "created_at")?,
+        expires_at: opt_time(row, "expires_at")?,
+        revoked_at: opt_time(row, "revoked_at")?,
+        seeded: int(row, "seeded")? != 0,
     })
 }
 

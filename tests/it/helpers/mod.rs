@@ -146,6 +146,9 @@ async fn credential(store: &SqlStore, scope: Scope) -> String {
         name: format!("test {}", scope.as_str()),
         scope,
         created_at: now(),
+        expires_at: None,
+        revoked_at: None,
+        seeded: false,
     };
     store
         .create_credential(&c, token.hash())
