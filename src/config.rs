@@ -44,6 +44,14 @@ pub enum RedisFailure {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Connections the gRPC listener holds at once; more are closed.
+    pub max_connections: usize,
+    /// How long a new connection has to send the HTTP/2 preface.
+    pub handshake_timeout_millis: u64,
+    /// HTTP/2 pings on connections: every this many seconds, and closed when
+    /// one is not answered within `http2_keepalive_timeout_seconds`.
+    pub http2_keepalive_seconds: u64,
+    pub http2_keepalive_timeout_seconds: u64,
     /// Where `/metrics` is served; empty: nowhere.
     pub metrics_listen: String,
     /// Apply migrations at start; off where a job runs `tollgate migrate`.
@@ -145,6 +153,18 @@ impl Config {
         if self.key_cache_entries == 0 {
             bail!("key_cache_entries must be at least 1");
         }
+        if self.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if self.handshake_timeout_millis == 0
+            || self.http2_keepalive_seconds == 0
+            || self.http2_keepalive_timeout_seconds == 0
+        {
+            bail!(
+                "handshake_timeout_millis, http2_keepalive_seconds and \
+                 http2_keepalive_timeout_seconds must be at least 1"
+            );
+        }
         if self.usage_flush_millis == 0 {
             bail!("usage_flush_millis must be at least 1");
         }
@@ -234,6 +254,13 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("max_connections", &self.max_connections)
+            .field("handshake_timeout_millis", &self.handshake_timeout_millis)
+            .field("http2_keepalive_seconds", &self.http2_keepalive_seconds)
+            .field(
+                "http2_keepalive_timeout_seconds",
+                &self.http2_keepalive_timeout_seconds,
+            )
             .field("metrics_listen", &self.metrics_listen)
             .field("migrate_on_start", &self.migrate_on_start)
             .field("database", &Backend::of_url(&self.effective_database_url()))

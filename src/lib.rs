@@ -11,6 +11,7 @@ pub mod domain;
 pub mod grpc;
 pub mod invoicing;
 pub mod limiter;
+pub mod listener;
 pub mod metering;
 pub mod polar;
 pub mod replicas;

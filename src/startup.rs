@@ -5,7 +5,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -32,6 +31,7 @@ use crate::{
         local::LocalLimiter,
         shared::{RedisLimiter, RedisSettings},
     },
+    listener::{GuardedListener, HTTP2_PREFACE, Limits},
     metering::Metering,
     replicas::{self, ChangeBus},
     revenue::Revenue,
@@ -260,7 +260,22 @@ impl Application {
             "tollgate serving"
         );
         let subscriptions = Subscriptions::new(catalog.clone(), store.clone());
+        let incoming = GuardedListener::new(
+            self.listener,
+            Limits {
+                max_connections: self.config.max_connections,
+                handshake: Duration::from_millis(self.config.handshake_timeout_millis),
+                handshake_bytes: HTTP2_PREFACE,
+                idle: None,
+            },
+        );
         let server = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(
+                self.config.http2_keepalive_seconds,
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_secs(
+                self.config.http2_keepalive_timeout_seconds,
+            )))
             .layer(ObserveLayer::new(observer))
             .layer(AuthLayer::new(auth))
             .add_service(health_service)
@@ -280,7 +295,7 @@ impl Application {
             )))
             .add_service(KeysServer::new(KeysService::new(catalog, credentials)))
             .add_service(VerifyServer::new(VerifyService::new(verifier, &metrics)))
-            .serve_with_incoming_shutdown(incoming(self.listener), signal);
+            .serve_with_incoming_shutdown(incoming.into_stream(), signal);
 
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
         let deadline = async move {
@@ -306,67 +321,6 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Accepted connections with Nagle's algorithm off: a response written in
-/// two parts (headers, then trailers) would otherwise wait for the client's
-/// delayed ACK, some 40 ms.
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<Batched>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok(Batched(stream))
-    })
-}
-
-/// A connection that tells h2 it cannot write vectored. h2 then copies
-/// DATA frames of up to 1 KiB into its write buffer (instead of 256 bytes),
-/// so the answers of many calls (a Verify answer is some 470 bytes) leave
-/// in one write, rather than one write each: h2 holds only one chained
-/// frame at a time and flushes before taking the next.
-struct Batched(tokio::net::TcpStream);
-
-impl tokio::io::AsyncRead for Batched {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Batched {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Batched {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
     }
 }
 

@@ -40,6 +40,7 @@ use tracing::{Instrument, field::Empty};
 use crate::{
     config::LogFormat,
     grpc::pb::{self, billing_client::BillingClient},
+    listener::{GuardedListener, HTTP1_REQUEST_LINE, Limits},
     telemetry::{metrics::Endpoint, propagation::send_trace},
 };
 use event::{Action, PROVIDER};
@@ -77,6 +78,24 @@ pub struct Config {
     /// gives up on an answer after a few seconds.
     #[arg(long, env = "TOLLGATE_POLAR_DEADLINE_MILLIS", default_value_t = 1000)]
     pub deadline_millis: u64,
+    /// Connections the listener holds at once; one more is closed when accepted.
+    #[arg(long, env = "TOLLGATE_POLAR_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A new connection that has not sent a request line within this is closed.
+    #[arg(
+        long,
+        env = "TOLLGATE_POLAR_HANDSHAKE_TIMEOUT_MILLIS",
+        default_value_t = 5000
+    )]
+    pub handshake_timeout_millis: u64,
+    /// A connection the client sends nothing on for this long is closed
+    /// (between requests, or in the middle of one); more than the deadline.
+    #[arg(
+        long,
+        env = "TOLLGATE_POLAR_IDLE_TIMEOUT_MILLIS",
+        default_value_t = 30_000
+    )]
+    pub idle_timeout_millis: u64,
     /// `pretty` or `json` log lines on stderr.
     #[arg(
         long,
@@ -128,7 +147,7 @@ struct App {
 
 /// The adapter, bound and ready to serve.
 pub struct Adapter {
-    listener: tokio::net::TcpListener,
+    listener: GuardedListener,
     router: Router,
     /// `/metrics`, on a listener of its own when configured.
     metrics: Option<(tokio::net::TcpListener, Registry)>,
@@ -139,6 +158,14 @@ impl Adapter {
         let webhook = Webhook::from_bytes(signing_key(&config.webhook_secret)?)
             .context("the webhook secret")?;
         anyhow::ensure!(!config.admin_token.is_empty(), "the admin token is empty");
+        anyhow::ensure!(
+            config.max_connections > 0 && config.handshake_timeout_millis > 0,
+            "--max-connections and --handshake-timeout-millis must be at least 1"
+        );
+        anyhow::ensure!(
+            config.idle_timeout_millis > config.deadline_millis,
+            "--idle-timeout-millis must be more than --deadline-millis, or a slow answer would be cut off"
+        );
         let authorization = format!("Bearer {}", config.admin_token)
             .parse()
             .context("the admin token is not valid in a header")?;
@@ -165,6 +192,15 @@ impl Adapter {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let listener = GuardedListener::new(
+            listener,
+            Limits {
+                max_connections: config.max_connections,
+                handshake: Duration::from_millis(config.handshake_timeout_millis),
+                handshake_bytes: HTTP1_REQUEST_LINE,
+                idle: Some(Duration::from_millis(config.idle_timeout_millis)),
+            },
+        );
         let metrics = match config.metrics_listen {
             None => None,
             Some(addr) => Some((

@@ -14,6 +14,7 @@ mod e2e_python;
 mod hardening;
 mod health;
 mod helpers;
+mod idle_connections;
 mod invoices;
 mod leases;
 mod made_up_secrets;
