@@ -48,6 +48,7 @@ pub trait ChangeListener: Send + Sync + 'static {
 }
 
 /// Tells each of several listeners.
+#[derive(Clone, Default)]
 pub struct Listeners(pub Vec<Arc<dyn ChangeListener>>);
 
 impl ChangeListener for Listeners {
@@ -147,27 +148,25 @@ pub struct IssuedKey {
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
-    listeners: Vec<Arc<dyn ChangeListener>>,
+    listeners: Listeners,
 }
 
 impl Catalog {
     pub fn new(store: Arc<dyn CatalogStore>) -> Self {
         Self {
             store,
-            listeners: Vec::new(),
+            listeners: Listeners::default(),
         }
     }
 
     /// Also tells `listener` of every change that cached entitlements must forget.
     pub fn with_listener(mut self, listener: Arc<dyn ChangeListener>) -> Self {
-        self.listeners.push(listener);
+        self.listeners.0.push(listener);
         self
     }
 
     pub(crate) fn announce(&self, change: Change) {
-        for l in &self.listeners {
-            l.changed(change);
-        }
+        self.listeners.changed(change);
     }
 
     pub fn store(&self) -> &Arc<dyn CatalogStore> {
