@@ -59,11 +59,17 @@ pub struct Config {
     pub database_url: String,
     pub data_dir: PathBuf,
     pub database_max_connections: u32,
+    /// The pool's wait for a connection, and the bound of a flush's write.
+    pub database_timeout_millis: u64,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otlp_endpoint: String,
     pub credential_cache_seconds: u64,
     pub key_cache_seconds: u64,
+    /// How old a key's entitlements may be served while the database is away.
+    pub key_stale_seconds: u64,
+    /// The most a database read on the Verify path may take.
+    pub verify_read_budget_millis: u64,
     pub key_cache_entries: usize,
     pub usage_flush_millis: u64,
     pub usage_sweep_seconds: u64,
@@ -207,6 +213,15 @@ impl Config {
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
         }
+        if !(1..=600_000).contains(&self.database_timeout_millis) {
+            bail!("database_timeout_millis must be between 1 and 600000");
+        }
+        if !(1..=60_000).contains(&self.verify_read_budget_millis) {
+            bail!("verify_read_budget_millis must be between 1 and 60000");
+        }
+        if self.key_stale_seconds < self.key_cache_seconds {
+            bail!("key_stale_seconds must be at least key_cache_seconds");
+        }
         if !self.admin_token.is_empty() {
             if self.admin_token.chars().count() < 32 {
                 bail!("admin_token must be at least 32 characters");
@@ -266,6 +281,10 @@ impl fmt::Debug for Config {
             .field("database", &Backend::of_url(&self.effective_database_url()))
             .field("data_dir", &self.data_dir)
             .field("database_max_connections", &self.database_max_connections)
+            .field("database_timeout_millis", &self.database_timeout_millis)
+            .field("key_cache_seconds", &self.key_cache_seconds)
+            .field("key_stale_seconds", &self.key_stale_seconds)
+            .field("verify_read_budget_millis", &self.verify_read_budget_millis)
             .field("log_format", &self.log_format)
             .field("log_filter", &self.log_filter)
             .field("otlp_endpoint", &self.otlp_endpoint)

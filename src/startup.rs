@@ -14,7 +14,7 @@ use crate::{
     credits::Credits,
     grpc::{
         FILE_DESCRIPTOR_SET,
-        auth::{AuthLayer, Authenticator},
+        auth::{AuthLayer, Authenticator, Outage},
         billing::BillingService,
         keys::KeysService,
         observe::{ObserveLayer, Observer},
@@ -64,6 +64,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<SqlStore> {
     SqlStore::connect(
         &config.effective_database_url(),
         config.database_max_connections,
+        Duration::from_millis(config.database_timeout_millis),
     )
     .await
 }
@@ -143,12 +144,18 @@ impl Application {
         let store = Arc::new(self.store.clone());
         let cache = Arc::new(EntitlementCache::new(
             Duration::from_secs(self.config.key_cache_seconds),
+            Duration::from_secs(self.config.key_stale_seconds),
             self.config.key_cache_entries,
             metrics.cache.clone(),
         ));
         let auth = Authenticator::new(
             store.clone(),
             Duration::from_secs(self.config.credential_cache_seconds),
+            Outage {
+                stale: Duration::from_secs(self.config.key_stale_seconds),
+                verify_budget: Duration::from_millis(self.config.verify_read_budget_millis),
+                admin_budget: Duration::from_millis(self.config.database_timeout_millis),
+            },
         );
         let mut catalog = Catalog::new(store.clone()).with_listener(cache.clone());
         let mut credential_listeners: Vec<Arc<dyn ChangeListener>> = vec![Arc::new(auth.clone())];
@@ -173,6 +180,9 @@ impl Application {
                     RedisSettings {
                         prefix,
                         budget: Duration::from_millis(self.config.redis_timeout_millis),
+                        database_timeout: Duration::from_millis(
+                            self.config.database_timeout_millis,
+                        ),
                         failure: self.config.redis_failure,
                         sweep_every: Duration::from_secs(self.config.usage_sweep_seconds),
                     },
@@ -182,7 +192,8 @@ impl Application {
         };
         let verifier = Arc::new(
             Verifier::new(store.clone(), cache, limiter.clone(), store.clone())
-                .with_unchecked_secrets(self.config.unchecked_secrets),
+                .with_unchecked_secrets(self.config.unchecked_secrets)
+                .with_read_budget(Duration::from_millis(self.config.verify_read_budget_millis)),
         );
         let flusher = tokio::spawn(flush_every(
             limiter.clone(),

@@ -45,10 +45,29 @@ pub fn required_scope(path: &str) -> Option<Scope> {
 const MAX_CACHED: usize = 10_000;
 /// How long a token no credential has is remembered as unknown.
 const UNKNOWN_FOR: Duration = Duration::from_secs(5);
+/// At most one reload of an expired credential this often; meanwhile (and
+/// while the database does not answer) the others use what was found.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
-/// A credential (`None`: no credential has the token), the digest it was
-/// found by, and when.
-type Cached = (Option<Credential>, SecretHash, Instant);
+/// What a token was found to be (`None`: no credential has it), the digest
+/// it was found by, when, and when a caller last set out to read it again.
+#[derive(Clone)]
+struct Cached {
+    credential: Option<Credential>,
+    hash: SecretHash,
+    loaded: Instant,
+    tried: Instant,
+}
+
+/// How long the database may take to find a credential, by the scope the
+/// call needs, and how old a found credential may be used while it does
+/// not answer (as the key cache's `key_stale_seconds`).
+#[derive(Clone, Copy)]
+pub struct Outage {
+    pub stale: Duration,
+    pub verify_budget: Duration,
+    pub admin_budget: Duration,
+}
 
 /// Finds credentials, remembering found ones for a short while so that the
 /// hot path does not read the database on every call.
@@ -56,16 +75,21 @@ type Cached = (Option<Credential>, SecretHash, Instant);
 pub struct Authenticator {
     store: Arc<dyn CredentialStore>,
     ttl: Duration,
+    outage: Outage,
     /// Bounded and scan-resistant (as the key cache): a flood of unknown
     /// tokens cannot push the credentials in use out.
     cache: Arc<quick_cache::sync::Cache<[u8; 32], Cached>>,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn CredentialStore>, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn CredentialStore>, ttl: Duration, outage: Outage) -> Self {
         Self {
             store,
             ttl,
+            outage: Outage {
+                stale: outage.stale.max(ttl),
+                ..outage
+            },
             cache: Arc::new(quick_cache::sync::Cache::new(MAX_CACHED)),
         }
     }
@@ -89,7 +113,11 @@ impl Authenticator {
         if shape(token, TOKEN_PREFIX) == Shape::BadChecksum {
             return Err(unknown());
         }
-        let credential = self.find(SecretHash::of(token)).await?;
+        let budget = match needed {
+            Scope::Verify => self.outage.verify_budget,
+            Scope::Admin => self.outage.admin_budget,
+        };
+        let credential = self.find(SecretHash::of(token), budget).await?;
         if credential.expires_at.is_some_and(|at| at <= now()) {
             return Err(Error::Unauthenticated(format!(
                 "credential {} has expired",
@@ -104,23 +132,75 @@ impl Authenticator {
         }
     }
 
-    async fn find(&self, hash: SecretHash) -> Result<Credential, Error> {
+    /// The credential with the token's digest: remembered, or read within
+    /// `budget` (one caller reads an absent token, the others wait for it);
+    /// while the database does not answer, one found before, until stale.
+    async fn find(&self, hash: SecretHash, budget: Duration) -> Result<Credential, Error> {
         let key = *hash.as_bytes();
-        if let Some((credential, stored, at)) = self.cache.get(&key) {
-            let ttl = if credential.is_some() {
-                self.ttl
-            } else {
-                UNKNOWN_FOR.min(self.ttl)
+        let mut stale = None;
+        let read = async {
+            let placeholder = match self.cache.get_value_or_guard_async(&key).await {
+                Err(placeholder) => Some(placeholder),
+                // The map lookup found it by digest; confirm in constant time.
+                Ok(cached) if cached.hash == hash => {
+                    let age = cached.loaded.elapsed();
+                    let ttl = if cached.credential.is_some() {
+                        self.ttl
+                    } else {
+                        UNKNOWN_FOR.min(self.ttl)
+                    };
+                    if age < ttl {
+                        return Ok(cached.credential);
+                    }
+                    if cached.credential.is_some() && age < self.outage.stale {
+                        if cached.tried.elapsed() < RELOAD_EVERY {
+                            return Ok(cached.credential);
+                        }
+                        stale.clone_from(&cached.credential);
+                        self.cache.insert(
+                            key,
+                            Cached {
+                                tried: Instant::now(),
+                                ..cached
+                            },
+                        );
+                    }
+                    None
+                }
+                Ok(_) => None,
             };
-            // The map lookup found it by digest; confirm in constant time.
-            if at.elapsed() < ttl && stored == hash {
-                return credential.ok_or_else(unknown);
+            let credential = self.store.find_credential(hash).await?;
+            let at = Instant::now();
+            let cached = Cached {
+                credential: credential.clone(),
+                hash,
+                loaded: at,
+                tried: at,
+            };
+            match placeholder {
+                // Err: a revocation removed the placeholder meanwhile; what
+                // was read may predate it, so it is not kept.
+                Some(placeholder) => drop(placeholder.insert(cached)),
+                None => self.cache.insert(key, cached),
             }
+            Ok(credential)
+        };
+        let found = tokio::time::timeout(budget, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "the database did not answer within {} ms while finding the credential; retry shortly",
+                    budget.as_millis()
+                )))
+            });
+        match found {
+            Ok(credential) => credential.ok_or_else(unknown),
+            Err(Error::Unavailable(reason)) if stale.is_some() => {
+                tracing::debug!(%reason, "using a credential found earlier");
+                stale.ok_or_else(unknown)
+            }
+            Err(e) => Err(e),
         }
-        let credential = self.store.find_credential(hash).await?;
-        self.cache
-            .insert(key, (credential.clone(), hash, Instant::now()));
-        credential.ok_or_else(unknown)
     }
 }
 
@@ -130,7 +210,7 @@ impl ChangeListener for Authenticator {
     fn changed(&self, change: Change) {
         if let Change::Credential(id) = change {
             self.cache
-                .retain(|_, (credential, _, _)| credential.as_ref().is_some_and(|c| c.id != id));
+                .retain(|_, cached| cached.credential.as_ref().is_some_and(|c| c.id != id));
         }
     }
 

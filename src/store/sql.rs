@@ -84,14 +84,19 @@ async fn leave_room_for_updates(pg: &sqlx::PgPool) -> anyhow::Result<()> {
 }
 
 impl SqlStore {
-    /// Connects without touching the schema.
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    /// Connects without touching the schema. A call waits at most
+    /// `acquire_timeout` for a connection (then: `Unavailable`).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)
             .ok_or_else(|| anyhow!("database_url must start with postgres:// or sqlite:"))?;
         let options = AnyConnectOptions::from_str(url).context("parsing database_url")?;
         let pool = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             // SQLite allows one writer; a single connection keeps transactions
             // from ever failing with "database is locked".
             .max_connections(match backend {
@@ -115,7 +120,7 @@ impl SqlStore {
         let pg = match backend {
             Backend::Postgres => Some(
                 sqlx::postgres::PgPoolOptions::new()
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(acquire_timeout)
                     .max_connections(2)
                     .connect_lazy(url)
                     .context("parsing database_url")?,
@@ -125,9 +130,10 @@ impl SqlStore {
         Ok(Self { pool, backend, pg })
     }
 
-    /// Connects and applies pending migrations.
+    /// Connects (waiting up to 5 s for a connection) and applies pending
+    /// migrations.
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        let store = Self::connect(url, max_connections).await?;
+        let store = Self::connect(url, max_connections, Duration::from_secs(5)).await?;
         store.migrate().await?;
         Ok(store)
     }

@@ -194,6 +194,7 @@ impl Default for RedisMetrics {
 pub struct CacheMetrics {
     pub hits: Counter,
     pub misses: Counter,
+    pub stale: Counter,
 }
 
 /// The catalog change channel between replicas.
@@ -245,6 +246,11 @@ impl ServerMetrics {
             "tollgate_key_cache_misses",
             "Verify calls whose key had to be read from the database",
             m.cache.misses.clone(),
+        );
+        registry.register(
+            "tollgate_key_cache_stale_served",
+            "Verify calls answered from an expired cache entry because the database did not answer in time",
+            m.cache.stale.clone(),
         );
         registry.register(
             "tollgate_usage_unflushed_units",

@@ -1,18 +1,22 @@
 //! Entitlements by secret hash, in a bounded quick_cache (S3-FIFO: a new
 //! entry starts on probation and only one asked for again is kept, so a
 //! scan of one-off secrets cannot evict the hot ones); each entry used until
-//! it is changed or `ttl` old.
+//! it is changed or `ttl` old, and past that, while one caller reloads it
+//! or the database cannot answer, until it is `stale` old.
 use std::{
     collections::HashMap,
     hash::Hash,
     sync::{
         Arc, LazyLock, Mutex, PoisonError, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use quick_cache::sync::Cache;
+use quick_cache::{
+    DefaultHashBuilder, UnitWeighter,
+    sync::{Cache, DefaultLifecycle, PlaceholderGuard},
+};
 
 use super::Entitlement;
 use crate::{
@@ -26,14 +30,20 @@ use crate::{
     telemetry::metrics::CacheMetrics,
 };
 
-/// When an entry was loaded, and whether a caller is reloading it: 8 bytes
-/// (an `Instant` is 16), as a million cached keys each carry one.
+/// When an entry was loaded, and when a caller last set out to reload it:
+/// 8 bytes (an `Instant` is 16), as a million cached keys each carry one.
 pub(super) struct Loaded {
     /// Tenths of a second since `EPOCH` (a u32 lasts 13 years).
     at: u32,
-    /// A caller is reloading this expired entry; the others keep using it.
-    refreshing: AtomicBool,
+    /// When a caller last took on reloading this expired entry (tenths, as
+    /// `at`): one caller per `RELOAD_EVERY` reloads, the others use the
+    /// entry meanwhile, and a reload that failed or was given up is tried
+    /// again by the next caller after that.
+    tried: AtomicU32,
 }
+
+/// At most one reload per expired entry this often (tenths of a second).
+const RELOAD_EVERY: u32 = 10;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -43,14 +53,71 @@ fn tenths_now() -> u32 {
 
 impl Loaded {
     pub(super) fn now() -> Self {
+        let at = tenths_now();
         Self {
-            at: tenths_now(),
-            refreshing: AtomicBool::new(false),
+            at,
+            tried: AtomicU32::new(at),
         }
     }
 
     fn age(&self) -> Duration {
         Duration::from_millis(u64::from(tenths_now().saturating_sub(self.at)) * 100)
+    }
+
+    /// Whether this caller is the one to reload the entry now.
+    fn take_reload(&self, every: u32) -> bool {
+        let now = tenths_now();
+        let last = self.tried.load(Ordering::Acquire);
+        now.saturating_sub(last) >= every
+            && self
+                .tried
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// What the cache says of a secret: `None` inside means no key has it.
+pub(super) enum Lookup<'a> {
+    /// Use this.
+    Hit(Option<Arc<Entitlement>>),
+    /// Read the store, and `put` what it says.
+    Miss(Reload<'a>),
+}
+
+/// The placeholder that the other callers asking for an absent secret wait
+/// on, so a burst of calls with a new key costs one read, not one each.
+type Placeholder<'a> = PlaceholderGuard<
+    'a,
+    u128,
+    Entry,
+    UnitWeighter,
+    DefaultHashBuilder,
+    DefaultLifecycle<u128, Entry>,
+>;
+
+/// A caller's charge to read a secret again.
+pub(super) struct Reload<'a> {
+    /// The expired entry, not yet `stale` old: what to serve should the
+    /// store not answer.
+    pub(super) stale: Option<Option<Arc<Entitlement>>>,
+    key: u128,
+    placeholder: Option<Placeholder<'a>>,
+    cache: &'a EntitlementCache,
+}
+
+impl Reload<'_> {
+    /// Caches what the store said.
+    pub(super) fn put(self, entitlement: Option<Arc<Entitlement>>) {
+        let entry = match entitlement {
+            Some(e) => Entry::Known(e),
+            None => Entry::Unknown(Arc::new(Loaded::now())),
+        };
+        match self.placeholder {
+            // Err: a change removed the placeholder meanwhile; what was
+            // read may predate it, so it is not kept.
+            Some(placeholder) => drop(placeholder.insert(entry)),
+            None => self.cache.entries.insert(self.key, entry),
+        }
     }
 }
 
@@ -83,6 +150,10 @@ impl Entry {
 /// Entitlements by secret hash, forgotten on change or after `ttl`.
 pub struct EntitlementCache {
     ttl: Duration,
+    /// How old an entry may be served while it cannot be reloaded.
+    stale: Duration,
+    /// `RELOAD_EVERY`, or less for a `ttl` under a second.
+    reload_every: u32,
     /// By the first 128 bits of the secret's SHA-256: 16 bytes less per entry,
     /// and to be served another key's entry a secret would need a 128-bit
     /// second preimage of a hash it does not know.
@@ -141,11 +212,16 @@ impl<K: Eq + Hash, V: PartialEq> Shared<K, V> {
 }
 
 impl EntitlementCache {
-    /// At most `capacity` entries (`key_cache_entries`).
-    pub fn new(ttl: Duration, capacity: usize, metrics: CacheMetrics) -> Self {
+    /// At most `capacity` entries (`key_cache_entries`), each reloaded when
+    /// `ttl` old (`key_cache_seconds`) and served while it cannot be until
+    /// `stale` old (`key_stale_seconds`).
+    pub fn new(ttl: Duration, stale: Duration, capacity: usize, metrics: CacheMetrics) -> Self {
         let entries = Cache::new(capacity);
+        let ttl_tenths = u32::try_from(ttl.as_millis() / 100).unwrap_or(u32::MAX);
         Self {
             ttl,
+            stale: stale.max(ttl),
+            reload_every: RELOAD_EVERY.min(ttl_tenths),
             entries,
             tenants: Shared::new(),
             plans: Shared::new(),
@@ -163,38 +239,51 @@ impl EntitlementCache {
         self.plans.share(plan.id, plan)
     }
 
-    /// A fresh entry; or, for an expired one, `None` to the first caller
+    /// A fresh entry; or, for an expired one, a miss to one caller a second
     /// (who reloads it) and the expired entry to everyone else meanwhile, so
     /// an expiry under load costs one reload rather than one per call in
-    /// flight. The TTL is only the backstop: changes remove entries at once.
-    pub(super) fn get(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
-        let found = self.lookup(hash);
+    /// flight, and a database outage one failed read a second per key; for
+    /// an absent one, a miss to one caller while the others wait for what
+    /// it reads. The TTL is only the backstop: changes remove entries at
+    /// once.
+    pub(super) async fn get(&self, hash: &SecretHash) -> Lookup<'_> {
+        let found = self.lookup(hash).await;
         match found {
-            Some(_) => self.metrics.hits.inc(),
-            None => self.metrics.misses.inc(),
+            Lookup::Hit(_) => self.metrics.hits.inc(),
+            Lookup::Miss { .. } => self.metrics.misses.inc(),
         };
         found
     }
 
-    fn lookup(&self, hash: &SecretHash) -> Option<Option<Arc<Entitlement>>> {
-        let entry = self.entries.get(&cache_key(hash))?;
+    async fn lookup(&self, hash: &SecretHash) -> Lookup<'_> {
+        let key = cache_key(hash);
+        let reload = |stale, placeholder| {
+            Lookup::Miss(Reload {
+                stale,
+                key,
+                placeholder,
+                cache: self,
+            })
+        };
+        let entry = match self.entries.get_value_or_guard_async(&key).await {
+            Ok(entry) => entry,
+            Err(placeholder) => return reload(None, Some(placeholder)),
+        };
         let loaded = entry.loaded();
         let age = loaded.age();
         if age < self.ttl {
-            return Some(entry.entitlement());
+            return Lookup::Hit(entry.entitlement());
         }
-        if loaded.refreshing.swap(true, Ordering::AcqRel) && age < self.ttl * 2 {
-            return Some(entry.entitlement());
+        let usable = age < self.stale;
+        if usable && !loaded.take_reload(self.reload_every) {
+            return Lookup::Hit(entry.entitlement());
         }
-        None
+        reload(usable.then(|| entry.entitlement()), None)
     }
 
-    pub(super) fn put(&self, hash: &SecretHash, entitlement: Option<Arc<Entitlement>>) {
-        let entry = match entitlement {
-            Some(e) => Entry::Known(e),
-            None => Entry::Unknown(Arc::new(Loaded::now())),
-        };
-        self.entries.insert(cache_key(hash), entry);
+    /// Counts an expired entry served because the database could not answer.
+    pub(super) fn served_stale(&self) {
+        self.metrics.stale.inc();
     }
 
     /// Forgets everything (after changes may have been missed).
@@ -245,35 +334,38 @@ mod tests {
         SecretHash::of(&format!("secret {i}"))
     }
 
+    /// Looks `h` up and, on a miss, caches it as unknown; whether it hit.
+    async fn ask(cache: &EntitlementCache, h: &SecretHash) -> bool {
+        match cache.get(h).await {
+            Lookup::Hit(_) => true,
+            Lookup::Miss(reload) => {
+                reload.put(None);
+                false
+            }
+        }
+    }
+
     /// 1,000 hot secrets stay cached while 100,000 one-off ones go through
     /// a cache of 10,000: over 99% of the hot lookups hit.
-    #[test]
-    fn a_scan_of_one_off_secrets_does_not_evict_the_hot_ones() {
-        let cache =
-            EntitlementCache::new(Duration::from_secs(600), 10_000, CacheMetrics::default());
+    #[tokio::test]
+    async fn a_scan_of_one_off_secrets_does_not_evict_the_hot_ones() {
+        let ttl = Duration::from_secs(600);
+        let cache = EntitlementCache::new(ttl, ttl, 10_000, CacheMetrics::default());
         let hot: Vec<SecretHash> = (0..1_000).map(hash).collect();
-        for h in &hot {
-            cache.put(h, None);
-        }
         // Hot keys are asked for all the time; one-off keys once each.
         for h in &hot {
-            for _ in 0..3 {
-                cache.get(h);
+            for _ in 0..4 {
+                ask(&cache, h).await;
             }
         }
         let (mut hits, mut asked) = (0u64, 0u64);
         for i in 0..100_000u64 {
-            let one_off = hash(1_000_000 + i);
-            if cache.get(&one_off).is_none() {
-                cache.put(&one_off, None);
-            }
+            ask(&cache, &hash(1_000_000 + i)).await;
             if i % 1_000 == 0 {
                 for h in &hot {
                     asked += 1;
-                    if cache.get(h).is_some() {
+                    if ask(&cache, h).await {
                         hits += 1;
-                    } else {
-                        cache.put(h, None);
                     }
                 }
             }
@@ -282,5 +374,63 @@ mod tests {
         println!("hot hit rate {rate:.4} ({hits} of {asked})");
         assert!(rate > 0.99, "hot hit rate {rate:.4} ({hits} of {asked})");
         assert!(cache.len() <= 10_000, "bounded: {}", cache.len());
+    }
+
+    /// Past its TTL an entry goes to one caller to reload (the others get it
+    /// meanwhile, and the reloader may fall back on it) until it is stale.
+    #[tokio::test]
+    async fn an_expired_entry_is_reloaded_by_one_caller_and_served_until_stale() {
+        let cache = EntitlementCache::new(
+            Duration::from_millis(300),
+            Duration::from_millis(1_000),
+            10,
+            CacheMetrics::default(),
+        );
+        let h = hash(1);
+        ask(&cache, &h).await;
+        assert!(ask(&cache, &h).await, "fresh");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let first = cache.get(&h).await;
+        assert!(
+            matches!(&first, Lookup::Miss(r) if matches!(r.stale, Some(None))),
+            "the first caller reloads, with the expired entry to fall back on"
+        );
+        assert!(
+            matches!(cache.get(&h).await, Lookup::Hit(None)),
+            "the others use the expired entry meanwhile"
+        );
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        for _ in 0..2 {
+            assert!(
+                matches!(cache.get(&h).await, Lookup::Miss(r) if r.stale.is_none()),
+                "past the staleness every caller reads, with nothing to fall back on"
+            );
+        }
+    }
+
+    /// Callers asking for a secret not cached wait for the first one's read
+    /// rather than each reading it.
+    #[tokio::test]
+    async fn callers_of_an_absent_secret_wait_for_one_read() {
+        let ttl = Duration::from_secs(600);
+        let cache = EntitlementCache::new(ttl, ttl, 10, CacheMetrics::default());
+        let h = hash(7);
+        let Lookup::Miss(first) = cache.get(&h).await else {
+            panic!("absent");
+        };
+        let second = cache.get(&h);
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second)
+                .await
+                .is_err(),
+            "the second caller waits"
+        );
+        first.put(None);
+        assert!(
+            matches!(second.await, Lookup::Hit(None)),
+            "and gets what was read"
+        );
     }
 }

@@ -2,9 +2,10 @@
 //! hit runs no SQL), apply the rules in order, and admit through the limiter.
 mod cache;
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 pub use cache::EntitlementCache;
+use cache::Lookup;
 
 use crate::{
     domain::{
@@ -81,7 +82,12 @@ pub struct Verifier {
     limiter: Arc<dyn Limiter>,
     credits: Arc<dyn CreditStore>,
     unchecked: UncheckedSecrets,
+    /// The most a database read on the Verify path may take.
+    read_budget: Duration,
 }
+
+/// What `read_budget` is unless set (`verify_read_budget_millis`).
+const READ_BUDGET: Duration = Duration::from_millis(100);
 
 impl Verifier {
     pub fn new(
@@ -96,7 +102,28 @@ impl Verifier {
             limiter,
             credits,
             unchecked: UncheckedSecrets::Accept,
+            read_budget: READ_BUDGET,
         }
+    }
+
+    /// The most a database read on the Verify path may take: past it the
+    /// call is UNAVAILABLE (or served from an expired cache entry), rather
+    /// than waiting out the pool's timeout while the database is away.
+    pub fn with_read_budget(mut self, budget: Duration) -> Self {
+        self.read_budget = budget;
+        self
+    }
+
+    /// Runs a database read within `read_budget`.
+    async fn read<T>(&self, what: &str, read: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.read_budget, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "the database did not answer within {} ms while {what}; retry shortly",
+                    self.read_budget.as_millis()
+                )))
+            })
     }
 
     /// What to do with keys issued before checksums (accepted by default).
@@ -117,16 +144,38 @@ impl Verifier {
         }
     }
 
+    /// The secret's entitlement: cached, or read (and cached); while the
+    /// database does not answer, an expired entry not yet stale. Waiting
+    /// for another caller's read counts against the budget too.
     async fn entitlement(
         &self,
         hash: SecretHash,
         at: Timestamp,
     ) -> Result<Option<Arc<Entitlement>>> {
-        if let Some(e) = self.cache.get(&hash) {
-            return Ok(e);
+        let mut stale = None;
+        let read = async {
+            let reload = match self.cache.get(&hash).await {
+                Lookup::Hit(e) => return Ok(e),
+                Lookup::Miss(reload) => reload,
+            };
+            stale = reload.stale.clone();
+            let found = self.load(hash, at).await?;
+            reload.put(found.clone());
+            Ok(found)
+        };
+        match self.read("reading the key", read).await {
+            Err(Error::Unavailable(reason)) if stale.is_some() => {
+                tracing::debug!(%reason, "serving a key's expired entitlement");
+                self.cache.served_stale();
+                Ok(stale.flatten())
+            }
+            answer => answer,
         }
+    }
+
+    /// Reads what a secret entitles to from the store (`None`: no key).
+    async fn load(&self, hash: SecretHash, at: Timestamp) -> Result<Option<Arc<Entitlement>>> {
         let Some((key, secret_until)) = self.store.find_secret(hash, at).await? else {
-            self.cache.put(&hash, None);
             return Ok(None);
         };
         let tenant = self
@@ -138,15 +187,13 @@ impl Verifier {
             self.store.get_plan(tenant.plan_id).await?.ok_or_else(|| {
                 Error::Internal(anyhow::anyhow!("tenant {} has no plan", tenant.id))
             })?;
-        let entry = Arc::new(Entitlement {
+        Ok(Some(Arc::new(Entitlement {
             key: key.terms(),
             secret_until,
             tenant: self.cache.share_tenant(tenant.terms()),
             plan: self.cache.share_plan(plan),
             loaded: cache::Loaded::now(),
-        });
-        self.cache.put(&hash, Some(entry.clone()));
-        Ok(Some(entry))
+        })))
     }
 
     pub async fn verify(&self, input: &VerifyInput) -> Result<Verdict> {
@@ -182,7 +229,12 @@ impl Verifier {
         // Before the limiter, so a call refused for credits consumes no
         // token and no unit. Only calls that name a credit type read SQL.
         if let Some((credit_type, needed)) = &input.credits {
-            let balance = self.credits.balance(e.tenant.id, credit_type, at).await?;
+            let balance = self
+                .read(
+                    "reading the credit balance",
+                    self.credits.balance(e.tenant.id, credit_type, at),
+                )
+                .await?;
             verdict.credits = Some((credit_type.clone(), balance, *needed));
             if balance < *needed {
                 verdict.code = VerifyCode::InsufficientCredits;

@@ -20,6 +20,7 @@ mod leases;
 mod made_up_secrets;
 mod metrics;
 mod polar;
+mod postgres_down;
 mod readme;
 mod replicas;
 mod restart;

@@ -108,9 +108,10 @@ pub async fn verify_on(
 }
 
 pub async fn tenant_usage(db: &TestDb, tenant_id: &str) -> i64 {
-    let store = tollgate::store::sql::SqlStore::connect(db.url(), 1)
-        .await
-        .unwrap();
+    let store =
+        tollgate::store::sql::SqlStore::connect(db.url(), 1, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
     let row = sqlx::query(
         "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) AS n FROM usage_counters WHERE tenant_id = $1",
     )

@@ -199,9 +199,10 @@ pub fn code(r: &VerifyResponse) -> VerifyCode {
 }
 
 pub async fn stored_usage(db_url: &str) -> i64 {
-    let store = tollgate::store::sql::SqlStore::connect(db_url, 1)
-        .await
-        .unwrap();
+    let store =
+        tollgate::store::sql::SqlStore::connect(db_url, 1, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
     let row = sqlx::query("SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) AS n FROM usage_counters")
         .fetch_one(store.pool())
         .await

@@ -61,9 +61,11 @@ impl Shared {
             );
         }
         self.retire_idle(closing);
-        // The database first, whatever Redis does: it is the record.
-        let written = self.write().await?;
-        if !self.probe().await {
+        // The database first, whatever Redis does: it is the record. Redis
+        // is probed meanwhile, so an outage of either is noticed on time.
+        let (written, up) = tokio::join!(self.write(), self.probe());
+        let written = written?;
+        if !up {
             return Err(Error::Unavailable("Redis: unavailable".into()));
         }
         self.settle_retired().await?;
@@ -110,11 +112,21 @@ impl Shared {
         if batch.increments.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self
-            .usage
-            .add_usage(&self.replica, batch.seq, &batch.increments)
-            .await
-        {
+        // Bounded, so a database that stopped answering does not hold the
+        // flusher: the batch is kept and sent again (its number makes a
+        // write that did land add nothing twice).
+        let written = tokio::time::timeout(
+            self.settings.database_timeout,
+            self.usage
+                .add_usage(&self.replica, batch.seq, &batch.increments),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(
+                "the database did not answer the usage write in time".into(),
+            ))
+        });
+        if let Err(e) = written {
             self.memory().batch = Some(batch);
             return Err(e);
         }

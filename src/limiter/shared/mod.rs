@@ -52,6 +52,8 @@ const SLOW_STREAK_DOWN: u32 = 8;
 pub struct RedisSettings {
     pub prefix: String,
     pub budget: Duration,
+    /// The most a flush's write to the database may take.
+    pub database_timeout: Duration,
     pub failure: RedisFailure,
     pub sweep_every: Duration,
 }

@@ -2,6 +2,7 @@
 //! in-process or as the real binary (`process`), Redis (`redis_server`), a
 //! Redis Cluster (`redis_cluster`), and the Python tools (`python`: grpcurl,
 //! grpcio and the rest).
+mod postgres_server;
 mod process;
 mod python;
 mod redis_cluster;
@@ -21,6 +22,7 @@ use tollgate::{
 };
 use tonic::transport::Channel;
 
+pub use postgres_server::PrivatePostgres;
 pub use process::{
     Server, free_port, http_get, run_tollgate, serving, spawn_listening, tollgate, wait_serving,
 };
@@ -50,6 +52,8 @@ enum Kind {
     Sqlite {
         _dir: tempfile::TempDir,
     },
+    /// A database the test owns otherwise (a private server's).
+    Given,
 }
 
 impl TestDb {
@@ -77,6 +81,14 @@ impl TestDb {
                 dir.path().join("tollgate.db").display()
             ),
             kind: Kind::Sqlite { _dir: dir },
+        }
+    }
+
+    /// The database at `url`, left as it is when the test ends.
+    pub fn given(url: String) -> Self {
+        Self {
+            url,
+            kind: Kind::Given,
         }
     }
 
@@ -219,6 +231,7 @@ impl InProcess {
             ..Overrides::default()
         };
         let mut config = Config::load(None, &overrides).expect("config");
+        config.verify_read_budget_millis = process::SUITE_READ_BUDGET_MILLIS;
         if let Some(redis) = &redis {
             config.redis_key_prefix = redis.prefix.clone();
         }
