@@ -14,6 +14,7 @@ use crate::{
     replicas::ChangeBus,
     startup::{Application, connect_redis, connect_store, open_store, shutdown_signal},
     telemetry,
+    tls::client::{self, ClientTls},
 };
 
 #[derive(Parser)]
@@ -54,9 +55,23 @@ enum Command {
     Migrate,
     /// Ask a server's gRPC health service; exit 0 only if it is SERVING.
     Health {
-        /// The server, as HOST:PORT.
+        /// The server: HOST:PORT or http://HOST:PORT in the clear,
+        /// https://HOST:PORT over TLS (never in the clear).
         #[arg(long)]
         addr: String,
+        /// With https://: PEM CA certificates to trust besides the system's.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// With https://: a client certificate (PEM) for a server that asks
+        /// for one, and its key.
+        #[arg(long, requires = "key_file")]
+        cert_file: Option<PathBuf>,
+        #[arg(long, requires = "cert_file")]
+        key_file: Option<PathBuf>,
+        /// With https://: the name the server's certificate must carry, when
+        /// it is not the address's host (127.0.0.1 in a probe, say).
+        #[arg(long)]
+        tls_server_name: Option<String>,
         /// The service to ask about; empty: the server as a whole.
         #[arg(long, default_value = "")]
         service: String,
@@ -153,9 +168,19 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         addr,
         service,
         timeout_millis,
+        ca_file,
+        cert_file,
+        key_file,
+        tls_server_name,
     } = &cli.command
     {
-        return health(addr, service, Duration::from_millis(*timeout_millis)).await;
+        let tls = ClientTls {
+            ca_file: ca_file.clone(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            server_name: tls_server_name.clone(),
+        };
+        return health(addr, &tls, service, Duration::from_millis(*timeout_millis)).await;
     }
     let mut overrides = Overrides {
         database_url: cli.database_url,
@@ -198,12 +223,22 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Prints the server's health in one line; an error unless it is SERVING.
-async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn health(
+    addr: &str,
+    tls: &ClientTls,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("--addr {addr:?} is not HOST:PORT"))?
+    let target = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = client::endpoint(&target, tls)
+        .context("--addr")?
         .connect_timeout(timeout);
     let check = async {
         let channel = endpoint.connect().await?;

@@ -44,6 +44,11 @@ pub enum RedisFailure {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The gRPC port's TLS certificate and key (PEM); empty: no TLS.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// Client certificates must be signed by this CA; empty: not asked for.
+    pub tls_client_ca_file: PathBuf,
     /// Connections the gRPC listener holds at once; more are closed.
     pub max_connections: usize,
     /// How long a new connection has to send the HTTP/2 preface.
@@ -75,6 +80,8 @@ pub struct Config {
     pub usage_sweep_seconds: u64,
     pub redis_url: String,
     pub redis_cluster: bool,
+    /// CAs trusted for rediss:// instead of the system's; empty: the system's.
+    pub redis_ca_file: PathBuf,
     pub redis_key_prefix: String,
     pub redis_timeout_millis: u64,
     pub redis_failure: RedisFailure,
@@ -145,9 +152,34 @@ impl Config {
             .collect()
     }
 
+    /// The server's TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::server::TlsFiles> {
+        let set = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+        Some(crate::tls::server::TlsFiles {
+            cert: set(&self.tls_cert_file)?,
+            key: set(&self.tls_key_file)?,
+            client_ca: set(&self.tls_client_ca_file),
+        })
+    }
+
     /// Rejects combinations that cannot work, naming the setting.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.metrics_addr()?;
+        let cert = !self.tls_cert_file.as_os_str().is_empty();
+        let key = !self.tls_key_file.as_os_str().is_empty();
+        if cert != key {
+            bail!("tls_cert_file and tls_key_file go together: set both, or neither");
+        }
+        if !cert && !self.tls_client_ca_file.as_os_str().is_empty() {
+            bail!(
+                "tls_client_ca_file needs tls_cert_file and tls_key_file (client certificates are asked for over TLS)"
+            );
+        }
+        if !self.redis_ca_file.as_os_str().is_empty()
+            && !self.redis_urls().iter().all(|u| u.starts_with("rediss://"))
+        {
+            bail!("redis_ca_file is for rediss:// URLs: redis_url must use rediss://");
+        }
         if !self.database_url.is_empty() && Backend::of_url(&self.database_url).is_none() {
             bail!(
                 "database_url must start with postgres://, postgresql:// or sqlite:, or be empty for the embedded SQLite file"
@@ -269,6 +301,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_client_ca_file", &self.tls_client_ca_file)
             .field("max_connections", &self.max_connections)
             .field("handshake_timeout_millis", &self.handshake_timeout_millis)
             .field("http2_keepalive_seconds", &self.http2_keepalive_seconds)
@@ -289,6 +323,7 @@ impl fmt::Debug for Config {
             .field("log_filter", &self.log_filter)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("redis", &(!self.redis_url.is_empty()).then_some("<set>"))
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_millis", &self.redis_timeout_millis)
             .field("redis_failure", &self.redis_failure)

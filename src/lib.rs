@@ -21,4 +21,5 @@ pub mod startup;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod tls;
 pub mod verifier;

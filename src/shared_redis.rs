@@ -4,11 +4,11 @@
 //! for the change channel. Every call the limiter makes touches one hash
 //! slot, so it runs the same on both; only walking the whole keyspace
 //! (SCAN) needs to visit every master.
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
 use redis::{
-    Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value,
+    Cmd, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
@@ -60,23 +60,55 @@ pub struct SharedRedis {
     pub subscribers: Vec<redis::Client>,
     cluster: bool,
     seeds: Vec<String>,
+    /// PEM CAs trusted for rediss:// instead of the system's.
+    ca: Option<Vec<u8>>,
+}
+
+/// A client for `url`, trusting `ca` (for rediss://) when given.
+fn client(url: impl IntoConnectionInfo, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca {
+        None => redis::Client::open(url),
+        Some(ca) => redis::Client::build_with_tls(url, certificates(ca)),
+    }
+}
+
+fn certificates(ca: &[u8]) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
+    }
 }
 
 /// How long a flush's or a sweep's Redis call may take.
 const BULK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SharedRedis {
-    /// `urls`: the node, or the cluster's seed nodes.
-    pub async fn connect(urls: &[String], cluster: bool, budget: Duration) -> anyhow::Result<Self> {
+    /// `urls`: the node, or the cluster's seed nodes; `ca_file`: the CAs
+    /// that rediss:// trusts, instead of the system's roots.
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        budget: Duration,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let ca = ca_file
+            .map(|f| {
+                std::fs::read(f).with_context(|| format!("reading redis_ca_file {}", f.display()))
+            })
+            .transpose()?;
         let connect_timeout = budget.max(Duration::from_secs(1));
         let (hot, bulk) = if cluster {
             let client = |timeout| {
-                ClusterClient::builder(urls.to_vec())
-                    .connection_timeout(connect_timeout)
-                    .response_timeout(timeout)
-                    .retries(1)
-                    .build()
-                    .context("parsing redis_url (the cluster's seed nodes)")
+                let builder = ClusterClient::builder(urls.to_vec());
+                match &ca {
+                    Some(ca) => builder.certs(certificates(ca)),
+                    None => builder,
+                }
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .context("parsing redis_url (the cluster's seed nodes)")
             };
             let hot = client(budget)?
                 .get_async_connection()
@@ -88,7 +120,7 @@ impl SharedRedis {
                 .context("connecting to the Redis Cluster (redis_url)")?;
             (RedisConn::Cluster(hot), RedisConn::Cluster(bulk))
         } else {
-            let client = redis::Client::open(urls[0].as_str()).context("parsing redis_url")?;
+            let client = client(urls[0].as_str(), ca.as_deref()).context("parsing redis_url")?;
             let manager = |timeout| {
                 ConnectionManager::new_with_config(
                     client.clone(),
@@ -109,7 +141,7 @@ impl SharedRedis {
         };
         let subscribers = urls
             .iter()
-            .map(|u| redis::Client::open(u.as_str()))
+            .map(|u| client(u.as_str(), ca.as_deref()))
             .collect::<Result<_, _>>()
             .context("parsing redis_url")?;
         Ok(Self {
@@ -118,6 +150,7 @@ impl SharedRedis {
             subscribers,
             cluster,
             seeds: urls.to_vec(),
+            ca,
         })
     }
 
@@ -141,7 +174,7 @@ impl SharedRedis {
         let mut masters = Vec::new();
         for addr in master_addresses(&nodes) {
             let info = format!("{scheme}://{addr}").into_connection_info()?;
-            let client = redis::Client::open(info)?;
+            let client = client(info, self.ca.as_deref())?;
             masters.push(RedisConn::Node(
                 ConnectionManager::new_with_config(
                     client,

@@ -5,6 +5,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -39,6 +40,7 @@ use crate::{
     store::sql::SqlStore,
     subscriptions::Subscriptions,
     telemetry::metrics::{self, ServerMetrics, UsageMetrics},
+    tls,
     verifier::{EntitlementCache, Verifier},
 };
 
@@ -78,6 +80,7 @@ pub async fn connect_redis(config: &Config) -> anyhow::Result<Option<SharedRedis
         &config.redis_urls(),
         config.redis_cluster,
         Duration::from_millis(config.redis_timeout_millis),
+        (!config.redis_ca_file.as_os_str().is_empty()).then_some(config.redis_ca_file.as_path()),
     )
     .await?;
     Ok(Some(redis))
@@ -90,6 +93,8 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     store: SqlStore,
     redis: Option<Arc<SharedRedis>>,
+    /// The server's TLS, when `tls_cert_file` is set.
+    tls: Option<TlsAcceptor>,
     config: Config,
 }
 
@@ -97,6 +102,11 @@ impl Application {
     /// Opens the store and binds the listener, so `local_addr` is known
     /// (port 0 picks a free port) before serving starts.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let tls = config
+            .tls_files()
+            .map(|files| tls::server::acceptor(&files))
+            .transpose()
+            .context("the server's TLS (tls_cert_file, tls_key_file, tls_client_ca_file)")?;
         let store = open_store(&config).await?;
         let redis = connect_redis(&config).await?.map(Arc::new);
         let listener = TcpListener::bind(config.listen)
@@ -117,6 +127,7 @@ impl Application {
             metrics_listener,
             store,
             redis,
+            tls,
             config,
         })
     }
@@ -306,7 +317,14 @@ impl Application {
             )))
             .add_service(KeysServer::new(KeysService::new(catalog, credentials)))
             .add_service(VerifyServer::new(VerifyService::new(verifier, &metrics)))
-            .serve_with_incoming_shutdown(incoming.into_stream(), signal);
+            .serve_with_incoming_shutdown(
+                tls::server::incoming(
+                    incoming,
+                    self.tls,
+                    Duration::from_millis(self.config.handshake_timeout_millis),
+                ),
+                signal,
+            );
 
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
         let deadline = async move {

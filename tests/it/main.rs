@@ -30,6 +30,7 @@ mod signup;
 mod store;
 mod subscriptions;
 mod timestamps;
+mod tls;
 mod traces;
 mod usage_store;
 mod verify;

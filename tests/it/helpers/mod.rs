@@ -2,6 +2,7 @@
 //! in-process or as the real binary (`process`), Redis (`redis_server`), a
 //! Redis Cluster (`redis_cluster`), and the Python tools (`python`: grpcurl,
 //! grpcio and the rest).
+mod pki;
 mod postgres_server;
 mod process;
 mod python;
@@ -22,6 +23,7 @@ use tollgate::{
 };
 use tonic::transport::Channel;
 
+pub use pki::{Issued, Pki};
 pub use postgres_server::PrivatePostgres;
 pub use process::{
     Server, free_port, http_get, run_tollgate, serving, spawn_listening, tollgate, wait_serving,

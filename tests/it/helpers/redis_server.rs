@@ -63,6 +63,52 @@ impl TestRedis {
         redis
     }
 
+    /// A private `redis-server` that speaks only TLS (rediss://), with the
+    /// certificate `server` of the CA `ca_file`.
+    pub fn own_tls(server: &super::Issued, ca_file: &std::path::Path) -> Self {
+        let port = super::free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&server.cert)
+            .arg("--tls-key-file")
+            .arg(&server.key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca_file)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server with TLS");
+        let redis = Self {
+            url: format!("rediss://127.0.0.1:{port}"),
+            prefix: "tollgate".into(),
+            own: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
     fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = redis::Client::open(self.url.as_str())?
             .get_connection_with_timeout(Duration::from_secs(2))?;
