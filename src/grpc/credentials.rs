@@ -1,7 +1,7 @@
 //! Service credentials at the edge: requests parsed, credentials shown
 //! (never their tokens, which leave only in CreateCredential's answer).
 use super::{
-    convert::{Violations, from_timestamp, timestamp},
+    convert::{Violations, opt_timestamp, timestamp},
     pb,
 };
 use crate::domain::{
@@ -35,10 +35,7 @@ pub fn new_credential(req: &pb::CreateCredentialRequest) -> Result<NewCredential
             None
         }
     };
-    let expires_at = match &req.expire_time {
-        None => Some(None),
-        Some(t) => v.check("", from_timestamp("expire_time", t)).map(Some),
-    };
+    let expires_at = opt_timestamp(&mut v, "expire_time", req.expire_time.as_ref());
     v.finish(|| {
         Some(NewCredential {
             scope: scope?,
