@@ -15,7 +15,7 @@
 //! the process holds nothing of it but the secrets it will present, which
 //! are allocated before the first reading.
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
+    alloc::{GlobalAlloc, Layout},
     sync::{
         Arc,
         atomic::{AtomicIsize, Ordering},
@@ -24,6 +24,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, TryStreamExt};
+use mimalloc::MiMalloc;
 use tollgate::{
     catalog::{Catalog, NewKey, NewTenant},
     domain::{
@@ -38,7 +39,8 @@ use tollgate::{
     verifier::{EntitlementCache, Verifier},
 };
 
-/// The system allocator, counting the bytes it has handed out and not had back.
+/// The server's allocator (mimalloc, as `src/main.rs` sets), counting the
+/// bytes it has handed out and not had back.
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -46,12 +48,12 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
+        unsafe { MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -59,7 +61,7 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -8,6 +8,7 @@ use time::{Date, Month, OffsetDateTime, Time};
 use super::{
     FieldViolation, Timestamp,
     credits::CreditType,
+    ids::{KeyId, TenantId},
     key::{KeyStatus, KeyTerms},
     plan::{BillingInterval, Overage, Plan, Quota, QuotaReset, RateLimit, Resource},
     tenant::{TenantStatus, TenantTerms},
@@ -163,10 +164,28 @@ pub fn has_features(plan: &Plan, required: &[String]) -> bool {
 
 /// The rate limit in force: the key's override, else the plan's; and the
 /// bucket it fills (the key's own, or the tenant's shared one).
-pub fn rate_limit_for(key: &KeyTerms, plan: &Plan) -> (RateLimit, String) {
+pub fn rate_limit_for(key: &KeyTerms, plan: &Plan) -> (RateLimit, BucketId) {
     match key.rate_limit_override() {
-        Some(limit) => (limit, format!("k:{}", key.id)),
-        None => (plan.spec.rate_limit, format!("t:{}", key.tenant_id)),
+        Some(limit) => (limit, BucketId::Key(key.id)),
+        None => (plan.spec.rate_limit, BucketId::Tenant(key.tenant_id)),
+    }
+}
+
+/// Whose token bucket a call takes from: its tenant's (the plan's limit),
+/// or its key's (a key with a rate limit of its own). Shown as `t:<id>` or
+/// `k:<id>`, its name in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BucketId {
+    Tenant(TenantId),
+    Key(KeyId),
+}
+
+impl std::fmt::Display for BucketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BucketId::Tenant(id) => write!(f, "t:{id}"),
+            BucketId::Key(id) => write!(f, "k:{id}"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::{Admission, Admitted, Decision, Limiter, UsageKey};
 use crate::{
     domain::{
         Result, Timestamp, now, to_micros,
-        verify::{Bucket, fits, take_tokens},
+        verify::{Bucket, BucketId, fits, take_tokens},
     },
     store::{UsageStore, UsageTotal},
     telemetry::metrics::UsageMetrics,
@@ -24,7 +24,7 @@ struct Counter {
 
 #[derive(Default)]
 struct State {
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<BucketId, Bucket>,
     counters: HashMap<UsageKey, Counter>,
 }
 
@@ -106,7 +106,7 @@ impl Limiter for LocalLimiter {
                 Some(counter.used)
             }
         };
-        state.buckets.insert(a.bucket.clone(), taken);
+        state.buckets.insert(a.bucket, taken);
         Ok(Admitted {
             decision: Decision::Admitted,
             bucket,

@@ -8,7 +8,7 @@ use crate::{
         Result, Timestamp,
         ids::TenantId,
         plan::{RateLimit, Resource},
-        verify::{BucketOutcome, Period},
+        verify::{BucketId, BucketOutcome, Period},
     },
     store::UsageStore,
 };
@@ -29,7 +29,7 @@ pub struct UsageKey {
 pub struct Admission {
     pub tenant_id: TenantId,
     /// The bucket to take from (per tenant, or per key with an override).
-    pub bucket: String,
+    pub bucket: BucketId,
     pub rate: RateLimit,
     /// Units to take; 0 asks without taking.
     pub units: i64,

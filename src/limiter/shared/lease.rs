@@ -9,7 +9,7 @@ use crate::{
     domain::{
         ids::TenantId,
         plan::RateLimit,
-        verify::{BucketOutcome, bucket_outcome},
+        verify::{BucketId, BucketOutcome, bucket_outcome},
     },
     limiter::{Decision, UsageKey},
 };
@@ -38,7 +38,7 @@ const SPENT_FOR: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LeaseKey {
     pub tenant_id: TenantId,
-    pub bucket: String,
+    pub bucket: BucketId,
     pub rate: RateLimit,
     /// The counter charged and its hard cap.
     pub quota: Option<(UsageKey, Option<i64>)>,
@@ -46,11 +46,11 @@ pub struct LeaseKey {
 
 /// A `LeaseKey` borrowed from the call at hand, so that finding a lease
 /// clones nothing. Its fields are `LeaseKey`'s, in the same order and
-/// hashing alike (`&str` as `String`, `&T` as `T`).
+/// hashing alike (`&T` as `T`).
 #[derive(Hash)]
 pub struct LeaseKeyRef<'a> {
     pub tenant_id: TenantId,
-    pub bucket: &'a str,
+    pub bucket: BucketId,
     pub rate: RateLimit,
     pub quota: Option<(&'a UsageKey, Option<i64>)>,
 }
@@ -68,7 +68,7 @@ impl LeaseKeyRef<'_> {
     pub fn to_owned(&self) -> LeaseKey {
         LeaseKey {
             tenant_id: self.tenant_id,
-            bucket: self.bucket.to_owned(),
+            bucket: self.bucket,
             rate: self.rate,
             quota: self.quota.map(|(k, cap)| (k.clone(), cap)),
         }
@@ -300,7 +300,7 @@ mod tests {
         let keys =
             [None, Some((&usage, None)), Some((&usage, Some(100)))].map(|quota| LeaseKeyRef {
                 tenant_id: usage.tenant_id,
-                bucket: "t",
+                bucket: BucketId::Tenant(usage.tenant_id),
                 rate,
                 quota,
             });
@@ -312,7 +312,7 @@ mod tests {
             assert_eq!(leases.get(key), Some(&i));
         }
         let other = LeaseKeyRef {
-            bucket: "k",
+            bucket: BucketId::Key(crate::domain::ids::KeyId::generate()),
             ..keys[0]
         };
         assert_eq!(leases.get(&other), None);

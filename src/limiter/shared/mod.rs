@@ -28,7 +28,7 @@ use crate::{
         ids::TenantId,
         plan::Resource,
         to_micros,
-        verify::{Bucket, Period},
+        verify::{Bucket, BucketId, Period},
     },
     shared_redis::{RedisConn, SharedRedis},
     store::UsageStore,
@@ -91,7 +91,7 @@ impl Cell {
 
 struct Memory {
     /// Failing open: in-process buckets.
-    fallback: HashMap<String, Bucket>,
+    fallback: HashMap<BucketId, Bucket>,
     /// Units served while failing open, not from a lease: for the database.
     open_served: HashMap<UsageKey, i64>,
     /// Units Redis does not count yet: added at the counter's next call.
@@ -262,7 +262,7 @@ impl Shared {
     async fn admit(self: &Arc<Self>, a: &Admission, at: Timestamp) -> Result<Admitted> {
         let key = LeaseKeyRef {
             tenant_id: a.tenant_id,
-            bucket: &a.bucket,
+            bucket: a.bucket,
             rate: a.rate,
             quota: a.quota.as_ref().map(|q| (&q.key, q.hard_cap)),
         };

@@ -76,7 +76,7 @@ impl Shared {
                 used: None,
             };
         }
-        memory.fallback.insert(a.bucket.clone(), taken);
+        memory.fallback.insert(a.bucket, taken);
         if let Some(q) = &a.quota
             && a.units > 0
         {
