@@ -95,7 +95,6 @@ impl ApiKey {
     pub fn terms(&self) -> KeyTerms {
         KeyTerms {
             id: self.id,
-            tenant_id: self.tenant_id,
             revoked: self.revoked_at.is_some(),
             disabled: self.settings.disabled,
             expires_at: self.settings.expires_at,
@@ -113,11 +112,11 @@ impl ApiKey {
 
 /// What Verify applies of a key. The key cache holds this rather than the
 /// key: its name, prefix, metadata and times answer no Verify, and a million
-/// cached keys should not each carry them.
+/// cached keys should not each carry them (nor its tenant's id: the
+/// entitlement holding these terms holds the tenant's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTerms {
     pub id: KeyId,
-    pub tenant_id: TenantId,
     pub revoked: bool,
     pub disabled: bool,
     pub expires_at: Option<Timestamp>,

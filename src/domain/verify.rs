@@ -150,7 +150,7 @@ pub fn tenant_active(tenant: &TenantTerms, at: Timestamp) -> bool {
         TenantStatus::Trialing => tenant.trial_end.is_none_or(|end| at < end),
         // Access after cancellation lasts until the paid period ends; with no
         // period known, it has ended.
-        TenantStatus::Canceled => tenant.billing_period.is_some_and(|p| at < p.end),
+        TenantStatus::Canceled => tenant.period_end.is_some_and(|end| at < end),
         TenantStatus::Revoked | TenantStatus::Paused => false,
     }
 }
@@ -163,11 +163,11 @@ pub fn has_features(plan: &Plan, required: &[String]) -> bool {
 }
 
 /// The rate limit in force: the key's override, else the plan's; and the
-/// bucket it fills (the key's own, or the tenant's shared one).
-pub fn rate_limit_for(key: &KeyTerms, plan: &Plan) -> (RateLimit, BucketId) {
+/// bucket it fills (the key's own, or its tenant's shared one).
+pub fn rate_limit_for(key: &KeyTerms, tenant: TenantId, plan: &Plan) -> (RateLimit, BucketId) {
     match key.rate_limit_override() {
         Some(limit) => (limit, BucketId::Key(key.id)),
-        None => (plan.spec.rate_limit, BucketId::Tenant(key.tenant_id)),
+        None => (plan.spec.rate_limit, BucketId::Tenant(tenant)),
     }
 }
 
@@ -279,7 +279,7 @@ pub struct Period {
 /// at its start (or, without a subscription, at the tenant's creation).
 pub fn tenant_period(plan: &Plan, tenant: &TenantTerms, at: Timestamp) -> Period {
     if plan.spec.quota_reset == QuotaReset::BillingPeriod
-        && let Some(p) = tenant.billing_period
+        && let Some(p) = tenant.billing_period()
         && p.start <= at
         && at < p.end
     {
@@ -288,7 +288,7 @@ pub fn tenant_period(plan: &Plan, tenant: &TenantTerms, at: Timestamp) -> Period
     quota_period(
         plan.spec.quota_reset,
         plan.spec.billing_interval,
-        tenant.billing_period.map_or(tenant.created_at, |p| p.start),
+        tenant.anchor,
         at,
     )
 }
@@ -555,8 +555,8 @@ mod tests {
             plan_id: plan.id,
             status: TenantStatus::Active,
             trial_end: None,
-            billing_period: None,
-            created_at: created,
+            anchor: created,
+            period_end: None,
         };
         let at = datetime!(2026-11-20 0:00 UTC);
         // Without a subscription: months from the tenant's creation.
@@ -569,7 +569,7 @@ mod tests {
             start: datetime!(2026-11-10 14:30 UTC),
             end: datetime!(2026-12-10 14:30 UTC),
         };
-        tenant.billing_period = Some(period);
+        (tenant.anchor, tenant.period_end) = (period.start, Some(period.end));
         assert_eq!(tenant_period(&plan, &tenant, at), period);
         // After it, months stepping on from its start.
         assert_eq!(

@@ -33,8 +33,8 @@ pub struct Entitlement {
     key: KeyTerms,
     /// When this secret stops verifying (a rotated-out secret's grace end),
     /// in microseconds; `i64::MAX`: never. Not an `Option<Timestamp>`: 8
-    /// bytes less puts an entry (with its `Arc`) in the allocator's 112-byte
-    /// class rather than the 128-byte one, for every cached key.
+    /// bytes less, and with `KeyTerms` carrying no tenant id an entry (with
+    /// its `Arc`) is in the allocator's 96-byte class, for every cached key.
     secret_until_micros: i64,
     tenant: Arc<TenantTerms>,
     plan: Arc<Plan>,
@@ -245,7 +245,7 @@ impl Verifier {
                 return Ok(verdict);
             }
         }
-        let (rate, bucket) = rate_limit_for(&e.key, &e.plan);
+        let (rate, bucket) = rate_limit_for(&e.key, e.tenant.id, &e.plan);
         // The quota in force on the resource charged; none: unmetered.
         let quota = input
             .resource
@@ -288,10 +288,17 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     /// A million cached keys each hold one: with its `Arc`'s two counters
-    /// it must stay within the allocator's 112-byte class.
+    /// it must stay within the allocator's 96-byte class.
     #[test]
-    fn an_entitlement_fits_the_112_byte_class() {
+    fn an_entitlement_fits_the_96_byte_class() {
         let with_counts = std::mem::size_of::<super::Entitlement>() + 16;
-        assert!(with_counts <= 112, "{with_counts} bytes");
+        assert!(with_counts <= 96, "{with_counts} bytes");
+    }
+
+    /// Shared by a tenant's cached keys, one per tenant: the 128-byte class.
+    #[test]
+    fn tenant_terms_fit_the_128_byte_class() {
+        let with_counts = std::mem::size_of::<crate::domain::tenant::TenantTerms>() + 16;
+        assert!(with_counts <= 128, "{with_counts} bytes");
     }
 }
